@@ -1,0 +1,269 @@
+"""Typed pipeline configuration: YAML file + dotted ``--set`` overrides, validated on load.
+
+Every section is a strict pydantic model: an unknown key, a wrong type or an out-of-range
+value fails with the file, the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key it concerns and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DemoCorpusConfig(_Strict):
+    """The built-in synthetic corpus (see ``pipeline.data.demo``)."""
+
+    num_documents: int = Field(1200, ge=20, le=1_000_000)
+    num_classes: int = Field(4, ge=4, le=6)
+    min_sentences: int = Field(5, ge=3, le=200)
+    max_sentences: int = Field(30, ge=3, le=400)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DemoCorpusConfig:
+        if self.min_sentences > self.max_sentences:
+            raise ValueError(
+                f"min_sentences ({self.min_sentences}) must be <= max_sentences ({self.max_sentences})"
+            )
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the documents come from and how to read them."""
+
+    format: Literal["demo", "folder", "csv", "jsonl", "parquet"] = "demo"
+    path: str | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+    id_field: str | None = "id"
+    split_field: str | None = None
+    labels: list[str] | None = None
+    encoding: str = "utf-8"
+    encoding_fallback: str | None = "latin-1"
+    max_chars: int = Field(1_000_000, ge=1)
+    demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.format != "demo" and not self.path:
+            raise ValueError(f"data.path is required when data.format is {self.format!r}")
+        return self
+
+
+class SplitConfig(_Strict):
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> SplitConfig:
+        if self.validation + self.test >= 0.9:
+            raise ValueError("validation + test must leave at least 10% for training")
+        return self
+
+
+class VocabConfig(_Strict):
+    min_count: int = Field(2, ge=1)
+    max_size: int = Field(50_000, ge=10)
+
+
+class LimitsConfig(_Strict):
+    """Truncation limits. ``None`` means: the given percentile of the training split."""
+
+    max_sentences: int | None = Field(None, ge=1)
+    max_words: int | None = Field(None, ge=1)
+    percentile: float = Field(95.0, gt=0.0, le=100.0)
+
+
+class PunktConfig(_Strict):
+    use_installed: bool = True
+    extra_abbreviations: list[str] = Field(
+        default_factory=lambda: ["dr", "mr", "mrs", "ms", "prof", "st", "u.s", "u.k", "e.g", "i.e", "vs", "etc", "inc", "jr", "sr"]
+    )
+    train_max_documents: int = Field(5000, ge=1)
+
+
+class PreprocessConfig(_Strict):
+    lowercase: bool = True
+    unicode_normalization: Literal["NFC", "NFKC", "none"] = "NFKC"
+    tokenizer: Literal["treebank", "toktok", "regexp"] = "treebank"
+    punkt: PunktConfig = Field(default_factory=PunktConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    workers: int = Field(0, ge=0, le=64, description="0 = one per CPU core")
+
+
+class AttentionConfig(_Strict):
+    score: Literal["additive", "dot", "scaled_dot", "general", "location"] = "additive"
+    heads: int = Field(1, ge=1, le=16)
+    mode: Literal["soft", "hard", "local"] = "soft"
+    hard_k: int = Field(1, ge=1)
+    hard_training: Literal["straight_through", "gumbel"] = "straight_through"
+    gumbel_temperature: float = Field(1.0, gt=0.0)
+    local_window: int = Field(2, ge=0)
+    context_dim: int = Field(100, ge=1)
+
+
+class EmbeddingConfig(_Strict):
+    dim: int = Field(200, ge=2, le=2048)
+    pretrained_path: str | None = None
+    trainable: bool = True
+
+
+class ModelConfig(_Strict):
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    word_encoder: Literal["gru", "lstm"] = "gru"
+    sentence_encoder: Literal["gru", "lstm", "transformer"] = "gru"
+    word_units: int = Field(50, ge=1, le=2048)
+    sentence_units: int = Field(50, ge=1, le=2048)
+    transformer_heads: int = Field(2, ge=1, le=32)
+    word_attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    sentence_attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    multilabel: bool = False
+
+
+class TrackingConfig(_Strict):
+    experiment: str | None = None
+    registered_model: str = "han-classifier"
+
+
+class PipelineConfig(_Strict):
+    """The whole configuration of one pipeline (one dataset, one model)."""
+
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(42, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    # ----------------------------------------------------------------- derived values
+    def resolved_data_path(self) -> Path | None:
+        """``data.path`` with ``${VAR}`` expanded (``HAN_DATA_DIR`` defaults to ``data/``)."""
+        if self.data.path is None:
+            return None
+        return Path(expand_env(self.data.path)).expanduser()
+
+    def artifacts_dir(self) -> Path:
+        """``$HAN_ARTIFACTS_DIR/<name>`` (default ``<project>/artifacts/<name>``)."""
+        return artifacts_root() / self.name
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.artifacts_dir() / stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable sha256 of the named top-level sections (all when none given)."""
+        data = self.to_dict()
+        picked = {k: data[k] for k in sections} if sections else data
+        blob = json.dumps(picked, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("HAN_DATA_DIR") or PROJECT_ROOT / "data")
+
+
+def artifacts_root() -> Path:
+    return Path(os.environ.get("HAN_ARTIFACTS_DIR") or PROJECT_ROOT / "artifacts").resolve()
+
+
+def expand_env(value: str) -> str:
+    """Expand ``${VAR}``; ``HAN_DATA_DIR`` falls back to the project's ``data/``."""
+
+    def repl(match: re.Match[str]) -> str:
+        var = match.group(1)
+        if var == "HAN_DATA_DIR":
+            return str(data_root())
+        if var not in os.environ:
+            raise ConfigError(f"environment variable ${{{var}}} is used in the config but not set")
+        return os.environ[var]
+
+    return _ENV_PATTERN.sub(repl, value)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` -> (``key.path``, YAML-typed value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"--set {text!r}: expected key.path=value, e.g. --set preprocess.vocab.min_count=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
+    return key, value
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see configs/default.yaml for every key)")
+            continue
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a YAML config (defaults when ``path`` is None) and apply ``key.path=value`` overrides."""
+    origin = "built-in defaults"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (configs live in {PROJECT_ROOT / 'configs'})")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    if overrides:
+        origin += " with --set " + " ".join(overrides)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
