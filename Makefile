@@ -1,0 +1,70 @@
+# han-pipeline: every target sets up .venv by itself when it is missing or older than requirements.txt.
+# CONFIG=configs/X.yaml selects a config; SET="key.path=value other.key=value" overrides values.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements
+CONFIG ?= configs/default.yaml
+SET ?=
+PORT ?= 5000
+SET_ARGS := $(foreach s,$(SET),--set $(s))
+STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install pipeline run preprocess train evaluate explain predict test test-slow bench lint ui clean
+
+help: ## list the targets
+	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+install: $(STAMP) ## create or refresh .venv from requirements.txt (every target does this first)
+
+pipeline: $(STAMP) ## the main job: preprocess -> train -> evaluate -> explain on CONFIG (default: demo corpus)
+	$(PY) -m pipeline run $(STAGE_ARGS)
+
+run: pipeline ## same as pipeline
+
+preprocess: $(STAMP) ## read, quarantine, split, tokenize and encode the corpus of CONFIG
+	$(PY) -m pipeline preprocess $(STAGE_ARGS)
+
+train: $(STAMP) ## train the HAN on CONFIG's preprocessed corpus
+	$(PY) -m pipeline train $(STAGE_ARGS)
+
+evaluate: $(STAMP) ## evaluate the trained model on the test split, with a baseline and the gate
+	$(PY) -m pipeline evaluate $(STAGE_ARGS)
+
+explain: $(STAMP) ## write attention explanations, the HTML report and faithfulness metrics
+	$(PY) -m pipeline explain $(STAGE_ARGS)
+
+predict: $(STAMP) ## classify TEXT="..." with the trained model of CONFIG
+	$(PY) -m pipeline predict $(STAGE_ARGS) --explain "$(TEXT)"
+
+test: $(STAMP) ## run the test suite (fast; what CI runs)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) ## run the heavy real-data tests (marked slow)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP) ## run the benchmarks on ../shared/data (or HAN_DATA_DIR), writing benchmarks/results/
+	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.preprocess_speed
+
+lint: $(STAMP) ## ruff over the package, DAGs, tests and benchmarks
+	$(PY) -m ruff check pipeline dags tests benchmarks
+
+ui: $(STAMP) ## the MLflow UI on 127.0.0.1 (PORT=5000) over the same tracking store
+	@uri=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}; \
+	echo "MLflow UI: http://127.0.0.1:$(PORT)  (store: $$uri)"; \
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri "$$uri" --workers 1
+
+clean: ## remove artifacts, the local MLflow store and caches (keeps .venv)
+	rm -rf artifacts mlflow.db mlruns .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +

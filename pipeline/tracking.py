@@ -1,0 +1,68 @@
+"""MLflow tracking: where runs go, and one run per stage (nested under a pipeline run when one is open)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PROJECT_ROOT, PipelineConfig
+
+# MLflow caps a param value at 6000 characters; longer values (label lists) are cut visibly.
+_PARAM_MAX = 500
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's SQLite store ``mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become their string form."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            text = str(value)
+            flat[dotted] = text if len(text) <= _PARAM_MAX else text[: _PARAM_MAX - 3] + "..."
+    return flat
+
+
+def _artifact_root(uri: str) -> str | None:
+    """For a SQLite store, artifacts live beside the database (``mlartifacts/``), not in the cwd."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def _use_experiment(mlflow, name: str, uri: str) -> None:
+    if mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
+        except Exception:  # created concurrently by another process: fine, use it
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+    mlflow.set_experiment(name)
+
+
+@contextlib.contextmanager
+def stage_run(config: PipelineConfig, stage: str, extra_tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """Open an MLflow run for one stage, nested when a pipeline run is already active.
+
+    Every config value is logged as a param, so a run can be reproduced from the UI alone.
+    """
+    import mlflow  # slow import: only stages that log pay for it
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    parent = mlflow.active_run()
+    if parent is None:
+        _use_experiment(mlflow, config.tracking.experiment or config.name, uri)
+    tags = {"han.stage": stage, "han.pipeline": config.name, **(extra_tags or {})}
+    with mlflow.start_run(run_name=stage, nested=parent is not None, tags=tags) as run:
+        mlflow.log_params(flatten(config.to_dict()))
+        yield run
