@@ -158,6 +158,11 @@ def _tokenize_all(processor, texts: list[str], workers: int) -> list[tuple[list[
     return results
 
 
+def _has_word(sentences: list[list[str]]) -> bool:
+    """True when some token has a letter or digit (punctuation alone says nothing to classify)."""
+    return any(ch.isalnum() for sentence in sentences for token in sentence for ch in token)
+
+
 def _build_processor(config: PipelineConfig, train_texts: list[str]):
     from pipeline.text import SentenceSplitter, TextProcessor, WordTokenizer, normalize_text
 
@@ -292,7 +297,7 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     items, read_info = _read(config)
     validation = validate_documents(items, config.data.labels, config.data.max_chars)
     kept, quarantined = list(validation.kept), list(validation.quarantined)
-    decode_error_bytes = read_info["decode_error_bytes"] + sum(doc.decode_errors for doc in kept)
+    decode_error_bytes = read_info["decode_error_bytes"]
 
     labels = sorted({doc.label for doc in kept if doc.label is not None})
     if not kept:
@@ -311,7 +316,7 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     processed = _tokenize_all(processor, [doc.text for doc in kept], workers)
 
     # A document whose text yields no word at all cannot be classified: quarantine it, visibly.
-    empty = {i for i, (_, tokens) in enumerate(processed) if not tokens}
+    empty = {i for i, (_, tokens) in enumerate(processed) if not _has_word(tokens)}
     for i in sorted(empty):
         doc = kept[i]
         quarantined.append(Rejected(doc.source, records.NO_TOKENS, "no word tokens after sentence splitting and tokenization",

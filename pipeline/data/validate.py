@@ -1,0 +1,109 @@
+"""Validate read records: keep the usable documents, quarantine the rest with a reason.
+
+Every input record ends up in exactly one of ``kept`` or ``quarantined``, so that
+``input == kept + quarantined`` holds and the quarantine file explains every missing document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.records import (
+    DUPLICATE_ID,
+    EMPTY_TEXT,
+    MISSING_LABEL,
+    TOO_LARGE,
+    UNKNOWN_LABEL,
+    RawDocument,
+    Rejected,
+)
+
+
+@dataclass
+class ValidationResult:
+    """The documents kept (ids filled in), the records quarantined, and the label set of the kept."""
+
+    kept: list[RawDocument] = field(default_factory=list)
+    quarantined: list[Rejected] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    input_count: int = 0
+
+    def counts(self) -> dict[str, Any]:
+        by_reason = Counter(r.reason for r in self.quarantined)
+        return {
+            "input": self.input_count,
+            "kept": len(self.kept),
+            "quarantined": len(self.quarantined),
+            "by_reason": dict(sorted(by_reason.items())),
+        }
+
+
+def validate_documents(
+    records: Iterable[RawDocument | Rejected], allowed_labels: list[str] | None, max_chars: int
+) -> ValidationResult:
+    """Sort ``records`` into kept documents and quarantined ones.
+
+    Checks, in order: text present (``empty_text``), at most ``max_chars`` characters
+    (``too_large``), a label (``missing_label``), one of ``allowed_labels`` when given
+    (``unknown_label``), an id not seen before (``duplicate_id``: the first is kept). A document
+    without an id gets its ``source`` as id. ``Rejected`` records from the reader pass through.
+    """
+    result = ValidationResult()
+    allowed = set(allowed_labels) if allowed_labels is not None else None
+    first_source: dict[str, str] = {}
+    for record in records:
+        result.input_count += 1
+        if isinstance(record, Rejected):
+            result.quarantined.append(record)
+            continue
+        doc_id = record.id if record.id is not None else record.source
+        problem = _problem(record, doc_id, allowed, max_chars, first_source)
+        if problem is not None:
+            reason, detail = problem
+            result.quarantined.append(Rejected(record.source, reason, detail, id=record.id, label=record.label))
+            continue
+        first_source[doc_id] = record.source
+        result.kept.append(record if record.id is not None else dataclasses.replace(record, id=doc_id))
+    result.labels = sorted({doc.label for doc in result.kept if doc.label is not None})
+    return result
+
+
+def _problem(
+    doc: RawDocument, doc_id: str, allowed: set[str] | None, max_chars: int, first_source: dict[str, str]
+) -> tuple[str, str] | None:
+    """The first rule ``doc`` breaks, as (reason, detail), or None when it is fine."""
+    if doc.text is None or not doc.text.strip():
+        return EMPTY_TEXT, "no text" if doc.text is None else "the text is empty or only whitespace"
+    if len(doc.text) > max_chars:
+        return TOO_LARGE, (
+            f"the text has {len(doc.text):,} characters, more than the limit of {max_chars:,}; "
+            "raise data.max_chars to keep documents this long"
+        )
+    if doc.label is None:
+        return MISSING_LABEL, "no label (empty or absent label field)"
+    if allowed is not None and doc.label not in allowed:
+        return UNKNOWN_LABEL, f"label {doc.label!r} is not in data.labels: {', '.join(sorted(allowed))}"
+    if doc_id in first_source:
+        return DUPLICATE_ID, f"id {doc_id!r} was already used by {first_source[doc_id]}, which is kept"
+    return None
+
+
+def write_quarantine(path: Path, rejected: Iterable[Rejected]) -> int:
+    """Write ``rejected`` as JSON Lines (one object per record) to ``path``; return how many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    count = 0
+    with partial.open("w", encoding="utf-8") as out:
+        for record in rejected:
+            out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+            count += 1
+    os.replace(partial, path)  # a reader never sees a half-written quarantine file
+    return count
