@@ -154,8 +154,9 @@ def _stretch(rng: np.random.Generator, core: str) -> str:
     words = core.split()
     if rng.random() < 0.3:
         words = _pick(rng, OPENERS).split() + words
-    for _ in range(int(rng.integers(0, 4))):
-        tail = _pick(rng, TAILS).split()
+    # Distinct tails: a repeated phrase reads as a generator glitch, not as text.
+    for index in rng.permutation(len(TAILS))[: int(rng.integers(0, 4))]:
+        tail = TAILS[index].split()
         if len(words) + len(tail) > MAX_SENTENCE_WORDS:
             break
         words += tail
