@@ -1,0 +1,431 @@
+"""The Hierarchical Attention Network (Yang et al., NAACL 2016): token ids -> class probabilities,
+with the sentence and word attention weights of the same forward pass.
+
+Input: int ``token_ids`` of shape ``(batch, sentences, words)``; both inner sizes are free (the
+input pipeline pads each batch to its own maxima). Id 0 is padding, 1 is the OOV token.
+
+How padding is skipped (no compute on padded sentences):
+
+1. ``GatherSentences`` finds the non-empty sentences of the whole batch (a sentence is empty when
+   all its ids are 0) and gathers them into one flat batch ``(real_sentences, words)`` together
+   with their ``(document, sentence)`` positions.
+2. Embedding, word encoder (BiGRU/BiLSTM) and word attention run on that flat batch only. Inside
+   a sentence, padded words are skipped by the RNN mask (the state is carried over them) and get
+   exactly zero attention weight.
+3. ``ScatterSentences`` scatters the sentence vectors and word weights back to
+   ``(batch, sentences, ...)`` (``scatter_nd``): empty sentences get a zero vector, zero word
+   weights, and are masked out at the sentence level (RNN mask, or the self-attention mask of
+   the Transformer encoder, and the sentence attention mask).
+
+So a document's outputs do not depend on the padding around it or on its batch neighbours
+(tests/model check it to 1e-6).
+
+Outputs (one model, one forward pass): a dict with ``probabilities`` ``(batch, classes)``,
+``sentence_weights`` ``(batch, sentences)`` and ``word_weights`` ``(batch, sentences, words)``.
+For ``compile``/``fit``, ``compile_han`` returns a probabilities-only *view* of the same model
+(``training_view``: the same layers and weights, one output), so ``fit`` takes plain labels and
+metrics keep their plain names (``accuracy``, ``val_loss``); Keras' compiled metrics otherwise
+want a target for every output. Train the view, save and serve the full model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from pipeline.attention import SCORE_LAYERS, AttentionPooling
+from pipeline.config import AttentionConfig, ModelConfig
+
+PAD_ID = 0
+OOV_ID = 1
+OUTPUT_NAMES = ("probabilities", "sentence_weights", "word_weights")
+
+
+# ---------------------------------------------------------------------- padding-aware layers
+@keras.saving.register_keras_serializable(package="han")
+class GatherSentences(keras.layers.Layer):
+    """Collect the non-empty sentences of a batch into one flat batch.
+
+    Call arguments:
+        token_ids: Int tensor of shape ``(batch_size, sentences, words)``; 0 is padding.
+
+    Returns:
+        A tuple ``(sentence_token_ids, positions)``: ``sentence_token_ids`` of shape
+        ``(real_sentences, words)``, the sentences with at least one non-zero id, in row-major
+        order; ``positions`` of shape ``(real_sentences, 2)``, int32, each row's
+        ``(document, sentence)`` index in ``token_ids``. When the whole batch has no real
+        sentence, sentence ``(0, 0)`` (all padding) is passed alone, so that the encoders never
+        get an empty batch; it yields a zero vector and zero weights.
+    """
+
+    def call(self, token_ids):
+        shape = ops.shape(token_ids)
+        sentence_mask = ops.any(ops.not_equal(token_ids, PAD_ID), axis=-1)
+        # A batch without any real sentence still passes one (all-padding) row, sentence (0, 0):
+        # an empty batch breaks some RNN kernels (eager LSTM), and a padding row yields zeros.
+        first = ops.logical_and(
+            ops.expand_dims(ops.equal(ops.arange(shape[0]), 0), 1),
+            ops.expand_dims(ops.equal(ops.arange(shape[1]), 0), 0),
+        )
+        sentence_mask = ops.logical_or(sentence_mask, ops.logical_and(first, ops.logical_not(ops.any(sentence_mask))))
+        documents, sentences = ops.where(sentence_mask)
+        rows = ops.reshape(token_ids, (-1, shape[2]))
+        sentence_token_ids = ops.take(rows, documents * shape[1] + sentences, axis=0)
+        return sentence_token_ids, ops.stack([documents, sentences], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (None, input_shape[2]), (None, 2)
+
+
+@keras.saving.register_keras_serializable(package="han")
+class ScatterSentences(keras.layers.Layer):
+    """Put per-sentence values back in their documents; empty sentences get zeros.
+
+    Call arguments:
+        inputs: A list ``[values, positions, token_ids]``: ``values`` of shape
+            ``(real_sentences, ...)``, ``positions`` of shape ``(real_sentences, 2)`` from
+            ``GatherSentences``, and the ``token_ids`` ``(batch_size, sentences, words)`` that
+            give the output's batch and sentence sizes.
+
+    Returns:
+        A tensor of shape ``(batch_size, sentences, ...)``.
+    """
+
+    def call(self, inputs):
+        values, positions, token_ids = inputs
+        documents_shape = ops.shape(token_ids)
+        values_shape = ops.shape(values)
+        shape = [documents_shape[0], documents_shape[1]] + [values_shape[i] for i in range(1, len(values.shape))]
+        return ops.scatter(positions, values, shape)
+
+    def compute_output_shape(self, input_shape):
+        values_shape, _, token_ids_shape = input_shape
+        return (token_ids_shape[0], token_ids_shape[1], *values_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="han")
+class TokenMask(keras.layers.Layer):
+    """``token_ids != 0``: int ``(..., words)`` -> bool ``(..., words)``, ``False`` at padding."""
+
+    def call(self, token_ids):
+        return ops.not_equal(token_ids, PAD_ID)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="han")
+class SentenceMask(keras.layers.Layer):
+    """Non-empty sentences: int ``(batch, sentences, words)`` -> bool ``(batch, sentences)``."""
+
+    def call(self, token_ids):
+        return ops.any(ops.not_equal(token_ids, PAD_ID), axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:2]
+
+
+# ---------------------------------------------------------------------- sentence encoder option
+@keras.saving.register_keras_serializable(package="han")
+class TransformerSentenceEncoder(keras.layers.Layer):
+    """Self-attention over a document's sentences: one Transformer encoder block.
+
+    Input projection to ``units``, plus sinusoidal position encodings (sentence order matters
+    and self-attention alone ignores it), then post-norm multi-head self-attention and a
+    feed-forward network of ``4 * units`` (Vaswani et al., 2017), each with residual and layer
+    normalisation. Padded sentences are excluded as keys by the attention mask and their
+    outputs are zeroed. A replacement for the sentence-level BiRNN when long-range sentence
+    interactions matter more than order.
+
+    Args:
+        units: Output size (even, for the sine/cosine pairs).
+        heads: Attention heads; each gets ``max(1, units // heads)`` key dimensions.
+        dropout: Dropout rate inside the block.
+
+    Call arguments:
+        inputs: Sentence vectors of shape ``(batch_size, sentences, features)``.
+        mask: Bool ``(batch_size, sentences)``; ``False`` marks padded sentences.
+
+    Returns:
+        Tensor of shape ``(batch_size, sentences, units)``, zero at padded sentences.
+    """
+
+    def __init__(self, units, heads=2, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        if units % 2:
+            raise ValueError(f"{self.name}: units must be even for sinusoidal positions, got {units}")
+        self.units = units
+        self.heads = heads
+        self.dropout = dropout
+        self.supports_masking = True
+        self.input_projection = keras.layers.Dense(units, name="input_projection")
+        self.self_attention = keras.layers.MultiHeadAttention(
+            num_heads=heads, key_dim=max(1, units // heads), dropout=dropout, name="self_attention"
+        )
+        self.attention_norm = keras.layers.LayerNormalization(name="attention_norm")
+        self.feed_forward_hidden = keras.layers.Dense(4 * units, activation="relu", name="feed_forward_hidden")
+        self.feed_forward_output = keras.layers.Dense(units, name="feed_forward_output")
+        self.feed_forward_norm = keras.layers.LayerNormalization(name="feed_forward_norm")
+        self.residual_dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        hidden_shape = (*input_shape[:-1], self.units)
+        self.input_projection.build(input_shape)
+        self.self_attention.build(hidden_shape, hidden_shape)
+        self.attention_norm.build(hidden_shape)
+        self.feed_forward_hidden.build(hidden_shape)
+        self.feed_forward_output.build((*input_shape[:-1], 4 * self.units))
+        self.feed_forward_norm.build(hidden_shape)
+
+    def call(self, inputs, mask=None, training=None):
+        if mask is None:
+            mask = ops.ones(ops.shape(inputs)[:2], dtype="bool")
+        mask = ops.cast(mask, "bool")
+        hidden = self.input_projection(inputs) + self._positions(ops.shape(inputs)[1])
+        attention_mask = ops.logical_and(ops.expand_dims(mask, 1), ops.expand_dims(mask, 2))
+        attended = self.self_attention(hidden, hidden, attention_mask=attention_mask, training=training)
+        hidden = self.attention_norm(hidden + self.residual_dropout(attended, training=training))
+        transformed = self.feed_forward_output(self.feed_forward_hidden(hidden))
+        hidden = self.feed_forward_norm(hidden + self.residual_dropout(transformed, training=training))
+        return ops.where(ops.expand_dims(mask, -1), hidden, ops.zeros_like(hidden))
+
+    def _positions(self, steps):
+        """Sinusoidal encodings ``(1, steps, units)``: sines in the first half, cosines in the second."""
+        positions = ops.cast(ops.arange(steps), self.compute_dtype)
+        frequencies = ops.exp(
+            ops.arange(0, self.units, 2, dtype=self.compute_dtype) * (-math.log(10000.0) / self.units)
+        )
+        angles = ops.expand_dims(positions, 1) * ops.expand_dims(frequencies, 0)
+        return ops.expand_dims(ops.concatenate([ops.sin(angles), ops.cos(angles)], axis=-1), 0)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"units": self.units, "heads": self.heads, "dropout": self.dropout})
+        return config
+
+
+# ---------------------------------------------------------------------- the model
+def build_han(
+    config: ModelConfig,
+    vocab_size: int,
+    num_classes: int,
+    embedding_matrix: np.ndarray | None = None,
+) -> keras.Model:
+    """Build the HAN as one functional ``keras.Model`` (uncompiled; see ``compile_han``).
+
+    Args:
+        config: The ``model`` section of the pipeline config.
+        vocab_size: Number of ids, PAD (0) and OOV (1) included.
+        num_classes: Output classes (labels, for a multi-label model).
+        embedding_matrix: Initial embeddings ``(vocab_size, config.embedding.dim)``, e.g. from
+            ``load_pretrained_embeddings``. Required when ``config.embedding.pretrained_path``
+            is set; random (uniform) embeddings otherwise.
+
+    Returns:
+        A model from int ``token_ids`` ``(batch, sentences, words)`` to the dict
+        ``{"probabilities": (batch, num_classes), "sentence_weights": (batch, sentences),
+        "word_weights": (batch, sentences, words)}``. Probabilities are softmax, or independent
+        sigmoids when ``config.multilabel``.
+    """
+    _check_build_arguments(config, vocab_size, num_classes, embedding_matrix)
+    token_ids = keras.Input(shape=(None, None), dtype="int32", name="token_ids")
+
+    # Word level, on the batch's real sentences only.
+    sentence_token_ids, positions = GatherSentences(name="gather_sentences")(token_ids)
+    word_mask = TokenMask(name="word_mask")(sentence_token_ids)
+    embedded = keras.layers.Embedding(
+        vocab_size,
+        config.embedding.dim,
+        weights=embedding_matrix,
+        trainable=config.embedding.trainable,
+        name="word_embedding",
+    )(sentence_token_ids)
+    embedded = keras.layers.Dropout(config.dropout, name="embedding_dropout")(embedded)
+    word_states = _bidirectional(config.word_encoder, config.word_units, "word_encoder")(embedded, mask=word_mask)
+    sentence_vectors, word_weights = attention_pooling(config.word_attention, "word_attention")(
+        word_states, mask=word_mask
+    )
+    sentence_vectors = ScatterSentences(name="sentence_vectors")([sentence_vectors, positions, token_ids])
+    word_weights = ScatterSentences(name="word_weights")([word_weights, positions, token_ids])
+
+    # Sentence level.
+    sentence_mask = SentenceMask(name="sentence_mask")(token_ids)
+    if config.sentence_encoder == "transformer":
+        sentence_encoder = TransformerSentenceEncoder(
+            2 * config.sentence_units, config.transformer_heads, config.dropout, name="sentence_encoder"
+        )
+    else:
+        sentence_encoder = _bidirectional(config.sentence_encoder, config.sentence_units, "sentence_encoder")
+    sentence_states = sentence_encoder(sentence_vectors, mask=sentence_mask)
+    document_vector, sentence_weights = attention_pooling(config.sentence_attention, "sentence_attention")(
+        sentence_states, mask=sentence_mask
+    )
+    # Named so that the model's output_names are the dict keys.
+    sentence_weights = keras.layers.Identity(name="sentence_weights")(sentence_weights)
+    document_vector = keras.layers.Dropout(config.dropout, name="document_dropout")(document_vector)
+    probabilities = keras.layers.Dense(
+        num_classes, activation="sigmoid" if config.multilabel else "softmax", dtype="float32", name="probabilities"
+    )(document_vector)
+    outputs = {"probabilities": probabilities, "sentence_weights": sentence_weights, "word_weights": word_weights}
+    return keras.Model(token_ids, outputs, name="han")
+
+
+def attention_pooling(config: AttentionConfig, name: str) -> AttentionPooling:
+    """The attention pooling layer an ``AttentionConfig`` describes."""
+    return SCORE_LAYERS[config.score](
+        context_dim=config.context_dim,
+        heads=config.heads,
+        mode=config.mode,
+        hard_k=config.hard_k,
+        hard_training=config.hard_training,
+        gumbel_temperature=config.gumbel_temperature,
+        local_window=config.local_window,
+        name=name,
+    )
+
+
+def training_view(model: keras.Model) -> keras.Model:
+    """``model`` with ``probabilities`` as its only output: same layers, same weights, for ``fit``."""
+    return keras.Model(model.input, model.get_layer("probabilities").output, name=f"{model.name}_training")
+
+
+def compile_han(
+    model: keras.Model,
+    config: ModelConfig,
+    learning_rate: float = 1e-3,
+    sparse_labels: bool = True,
+) -> keras.Model:
+    """A compiled probabilities-only view of ``model`` (``training_view``), ready for ``fit``.
+
+    The view shares every layer and weight with ``model``: fitting it trains ``model``. Keep
+    ``model`` for saving, prediction and explanation (it has the attention outputs).
+
+    Targets ``y``: int class ids ``(batch,)`` for single-label models (``sparse_labels=True``)
+    or one-hot ``(batch, classes)`` (``sparse_labels=False``), with categorical cross-entropy;
+    a 0/1 matrix ``(batch, classes)`` for multi-label models, with binary cross-entropy. Adam
+    with global-norm clipping at 5, which keeps long-document RNN gradients in check (the
+    paper used SGD with momentum; Adam needs no learning-rate search on small data).
+    """
+    if config.multilabel:
+        loss = keras.losses.BinaryCrossentropy()
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(multi_label=True, name="auc")]
+    elif sparse_labels:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.CategoricalCrossentropy()
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    trainer = training_view(model)
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=5.0),
+        loss=loss,
+        metrics=metrics,
+    )
+    return trainer
+
+
+def _bidirectional(kind: str, units: int, name: str) -> keras.layers.Bidirectional:
+    recurrent = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}[kind]
+    return keras.layers.Bidirectional(recurrent(units, return_sequences=True), name=name)
+
+
+def _check_build_arguments(config, vocab_size, num_classes, embedding_matrix) -> None:
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2 (id 0 is PAD, 1 is OOV), got {vocab_size}")
+    if num_classes < (1 if config.multilabel else 2):
+        raise ValueError(f"num_classes must be >= 2 for a single-label model (>= 1 multi-label), got {num_classes}")
+    if embedding_matrix is None:
+        if config.embedding.pretrained_path:
+            raise ValueError(
+                f"model.embedding.pretrained_path is {config.embedding.pretrained_path!r} but no embedding_matrix "
+                "was given: load it with load_pretrained_embeddings(path, vocabulary_tokens, dim) and pass it"
+            )
+        return
+    expected = (vocab_size, config.embedding.dim)
+    if tuple(embedding_matrix.shape) != expected:
+        raise ValueError(
+            f"embedding_matrix has shape {tuple(embedding_matrix.shape)}, expected (vocab_size, embedding.dim) = {expected}"
+        )
+
+
+# ---------------------------------------------------------------------- pretrained embeddings
+def load_pretrained_embeddings(
+    path: str | Path,
+    vocabulary_tokens: list[str],
+    dim: int,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """Read word2vec/GloVe vectors in text format into an embedding matrix for a vocabulary.
+
+    Each line is a token followed by ``dim`` numbers, separated by spaces; a word2vec header line
+    (``count dim``) is skipped; tokens containing spaces (some GloVe files) are supported,
+    since the last ``dim`` fields are the vector. ``.gz`` files are read compressed. A token is
+    matched exactly, else through its lowercase form (an exact match always wins).
+
+    Args:
+        path: The vectors file.
+        vocabulary_tokens: Tokens by id; ids 0 (PAD) and 1 (OOV) are reserved and not looked up.
+        dim: Vector size expected in the file (``model.embedding.dim``).
+        seed: Seed for the rows of tokens not found.
+
+    Returns:
+        ``(matrix, coverage)``: ``matrix`` float32 ``(len(vocabulary_tokens), dim)`` with the
+        PAD row zero and tokens not found drawn from a normal distribution with the found
+        vectors' standard deviation; ``coverage`` the fraction of the vocabulary's words (ids
+        ``>= 2``) found in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained embeddings file {path} does not exist (model.embedding.pretrained_path)")
+    index = {token: i for i, token in enumerate(vocabulary_tokens) if i > OOV_ID}
+    lowercase_index: dict[str, int] = {}
+    for token, i in index.items():
+        lowercase_index.setdefault(token.lower(), i)
+    matrix = np.zeros((len(vocabulary_tokens), dim), dtype=np.float32)
+    exact = np.zeros(len(vocabulary_tokens), dtype=bool)
+    found = np.zeros(len(vocabulary_tokens), dtype=bool)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            fields = line.rstrip().split(" ")
+            if line_number == 1 and len(fields) == 2 and all(f.isdigit() for f in fields):
+                continue  # word2vec header: "count dim"
+            if len(fields) == 1 and not fields[0].strip():
+                continue
+            if len(fields) < dim + 1:
+                raise ValueError(
+                    f"{path}:{line_number}: expected a token and {dim} numbers (model.embedding.dim), "
+                    f"found {len(fields) - 1} numbers"
+                )
+            token = " ".join(fields[:-dim])
+            i = index.get(token)
+            is_exact = i is not None
+            if i is None:
+                i = lowercase_index.get(token.lower())
+            if i is None or exact[i] or (found[i] and not is_exact):
+                continue
+            try:
+                matrix[i] = np.asarray(fields[-dim:], dtype=np.float32)
+            except ValueError:
+                raise ValueError(f"{path}:{line_number}: the vector of {token!r} is not {dim} numbers") from None
+            found[i] = True
+            exact[i] = is_exact
+    words = len(vocabulary_tokens) - min(len(vocabulary_tokens), OOV_ID + 1)
+    coverage = float(found.sum() / words) if words else 0.0
+    scale = float(matrix[found].std()) if found.any() else 0.1
+    missing = ~found
+    missing[: PAD_ID + 1] = False
+    rng = np.random.default_rng(seed)
+    matrix[missing] = rng.normal(0.0, scale or 0.1, size=(int(missing.sum()), dim)).astype(np.float32)
+    return matrix, coverage
