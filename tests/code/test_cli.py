@@ -1,0 +1,59 @@
+"""The command line as a user runs it: real subprocesses, real exit codes and messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from pipeline.config import PROJECT_ROOT
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_help_lists_every_stage():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for stage in ("preprocess", "train", "evaluate", "explain", "run", "predict"):
+        assert stage in result.stdout
+    assert "HAN_DATA_DIR" in result.stdout
+
+
+def test_stage_help_documents_config_and_set():
+    result = run_cli("preprocess", "--help")
+    assert result.returncode == 0
+    assert "--config" in result.stdout and "--set" in result.stdout
+
+
+def test_unbuilt_stage_says_so_and_fails():
+    result = run_cli("train")
+    assert result.returncode == 3
+    assert "not built yet" in result.stderr
+
+
+def test_config_typo_is_a_clear_error_without_traceback():
+    result = run_cli("preprocess", "--set", "preprocess.vocab.min_cout=2")
+    assert result.returncode == 2
+    assert "preprocess.vocab.min_cout: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_path_names_path_and_fix(tmp_path):
+    result = run_cli("preprocess", "--config", str(PROJECT_ROOT / "configs" / "bbc.yaml"),
+                     env={"HAN_DATA_DIR": str(tmp_path / "missing")})
+    assert result.returncode == 2
+    assert str(tmp_path / "missing" / "bbc") in result.stderr
+    assert "HAN_DATA_DIR" in result.stderr
+
+
+def test_preprocess_then_noop_rerun(tmp_path):
+    args = ("preprocess", "--set", "data.demo.num_documents=120")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "120 input = 120 kept + 0 quarantined" in first.stdout
+    second = run_cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to do" in second.stderr

@@ -1,0 +1,86 @@
+"""Config loading: typed, strict, with errors that name the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
+
+
+def test_default_yaml_lists_exactly_the_code_defaults():
+    # configs/default.yaml documents every key; it must not drift from the code.
+    assert load_config(PROJECT_ROOT / "configs" / "default.yaml").to_dict() == PipelineConfig().to_dict()
+
+
+@pytest.mark.parametrize("name", ["default", "bbc", "imdb"])
+def test_shipped_configs_load(name):
+    assert load_config(PROJECT_ROOT / "configs" / f"{name}.yaml").name in ("demo", name)
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("preprocess:\n  vocab:\n    min_cout: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "preprocess.vocab.min_cout: unknown key" in message
+
+
+def test_wrong_type_and_out_of_range_are_reported_together(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: many\npreprocess:\n  limits:\n    max_sentences: -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "seed:" in message and "'many'" in message
+    assert "preprocess.limits.max_sentences:" in message and "greater than or equal to 1" in message
+
+
+def test_enum_error_lists_allowed_values():
+    with pytest.raises(ConfigError, match="treebank"):
+        load_config(overrides=["preprocess.tokenizer=whitespace"])
+
+
+def test_overrides_are_typed_and_nested():
+    config = load_config(overrides=["preprocess.vocab.min_count=5", "seed=7", "data.labels=[a, b]"])
+    assert config.preprocess.vocab.min_count == 5
+    assert config.seed == 7
+    assert config.data.labels == ["a", "b"]
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=3", "a..b=1", "seed.x=1"])
+def test_malformed_overrides_are_clear(bad):
+    with pytest.raises(ConfigError, match="--set|seed"):
+        load_config(overrides=[bad])
+
+
+def test_data_path_required_for_real_formats():
+    with pytest.raises(ConfigError, match="data.path is required"):
+        load_config(overrides=["data.format=csv"])
+
+
+def test_han_data_dir_expands_in_paths(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("HAN_DATA_DIR", str(tmp_path))
+    config = load_config(PROJECT_ROOT / "configs" / "bbc.yaml")
+    assert config.resolved_data_path() == tmp_path / "bbc"
+    monkeypatch.delenv("HAN_DATA_DIR")
+    assert load_config(PROJECT_ROOT / "configs" / "bbc.yaml").resolved_data_path() == PROJECT_ROOT / "data" / "bbc"
+
+
+def test_undefined_environment_variable_is_an_error():
+    config = load_config(overrides=["data.format=csv", "data.path=${NO_SUCH_VARIABLE_HAN}/x.csv"])
+    with pytest.raises(ConfigError, match="NO_SUCH_VARIABLE_HAN"):
+        config.resolved_data_path()
+
+
+def test_artifacts_dir_follows_environment(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("HAN_ARTIFACTS_DIR", str(tmp_path / "out"))
+    assert load_config().stage_dir("preprocess") == (tmp_path / "out" / "demo" / "preprocess").resolve()
+
+
+def test_missing_config_file_is_clear(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
