@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -128,34 +129,55 @@ def assign_splits(docs: Sequence[RawDocument], seed: int, validation: float, tes
 _WORKER_PROCESSOR = None
 
 
-def _init_worker(processor_json: dict[str, Any]) -> None:
+def _warm_worker() -> None:
+    import pipeline.text  # noqa: F401  (NLTK's import is the slow part of a worker's start)
+
+
+def _process_chunk(processor_path: str, texts: list[str]) -> list[tuple[list[str], list[list[str]]]]:
+    """Tokenize in a worker; each worker loads the processor (JSON) once, by path."""
     global _WORKER_PROCESSOR
-    from pipeline.text import TextProcessor
+    if _WORKER_PROCESSOR is None or _WORKER_PROCESSOR[0] != processor_path:
+        from pipeline.text import TextProcessor
 
-    _WORKER_PROCESSOR = TextProcessor.from_json(processor_json)
-
-
-def _process_chunk(texts: list[str]) -> list[tuple[list[str], list[list[str]]]]:
-    return [_WORKER_PROCESSOR.sentences_and_tokens(text) for text in texts]
+        _WORKER_PROCESSOR = (processor_path, TextProcessor.load(processor_path))
+    return [_WORKER_PROCESSOR[1].sentences_and_tokens(text) for text in texts]
 
 
-def _tokenize_all(processor, texts: list[str], workers: int) -> list[tuple[list[str], list[list[str]]]]:
-    chunks = [texts[i : i + _CHUNK_DOCS] for i in range(0, len(texts), _CHUNK_DOCS)]
-    results: list[tuple[list[str], list[list[str]]]] = []
-    with Progress("tokenize documents", total=len(texts)) as progress:
-        if workers <= 1 or len(texts) < _PARALLEL_MIN_DOCS:
-            for chunk in chunks:
-                results.extend(processor.sentences_and_tokens(text) for text in chunk)
-                progress.advance(len(chunk))
-            return results
-        # forkserver: safe even when the caller (a test, an Airflow task) has TensorFlow threads.
-        context = get_context("forkserver")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(processor.to_json(),)) as pool:
-            for chunk_result in pool.map(_process_chunk, chunks):
-                results.extend(chunk_result)
-                progress.advance(len(chunk_result))
-    return results
+class _TokenizerPool:
+    """Worker processes started early, so their start-up overlaps Punkt training.
+
+    forkserver, not fork: safe even when the caller (a test, an Airflow task) has
+    TensorFlow threads running.
+    """
+
+    def __init__(self, workers: int, documents: int) -> None:
+        self.executor = None
+        if workers > 1 and documents >= _PARALLEL_MIN_DOCS:
+            self.executor = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
+            self.warming = [self.executor.submit(_warm_worker) for _ in range(workers)]
+            self.workers = workers
+
+    def tokenize(self, processor, texts: list[str]) -> list[tuple[list[str], list[list[str]]]]:
+        chunks = [texts[i : i + _CHUNK_DOCS] for i in range(0, len(texts), _CHUNK_DOCS)]
+        results: list[tuple[list[str], list[list[str]]]] = []
+        with Progress("tokenize documents", total=len(texts)) as progress:
+            if self.executor is None:
+                for chunk in chunks:
+                    results.extend(processor.sentences_and_tokens(text) for text in chunk)
+                    progress.advance(len(chunk))
+                return results
+            # Chunks carry the path of the processor's JSON, not the processor itself.
+            with tempfile.TemporaryDirectory() as tmp:
+                path = str(Path(tmp) / "text_processor.json")
+                processor.save(path)
+                for chunk_result in self.executor.map(_process_chunk, [path] * len(chunks), chunks):
+                    results.extend(chunk_result)
+                    progress.advance(len(chunk_result))
+        return results
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(cancel_futures=True)
 
 
 def _has_word(sentences: list[list[str]]) -> bool:
@@ -311,9 +333,12 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     if not split_indices["train"]:
         raise PreprocessError("the training split is empty; lower preprocess.split.test/validation or add documents")
     train_texts = [kept[i].text for i in split_indices["train"]]
-    processor = _build_processor(config, train_texts)
-    workers = config.preprocess.workers or os.cpu_count() or 1
-    processed = _tokenize_all(processor, [doc.text for doc in kept], workers)
+    pool = _TokenizerPool(config.preprocess.workers or os.cpu_count() or 1, len(kept))
+    try:
+        processor = _build_processor(config, train_texts)
+        processed = pool.tokenize(processor, [doc.text for doc in kept])
+    finally:
+        pool.close()
 
     # A document whose text yields no word at all cannot be classified: quarantine it, visibly.
     empty = {i for i, (_, tokens) in enumerate(processed) if not _has_word(tokens)}
