@@ -12,8 +12,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from test_model import small_config  # the same small HAN as the behavioural tests
 
-from pipeline.config import ModelConfig
 from pipeline.model import OUTPUT_NAMES, build_han, compile_han, load_pretrained_embeddings
 
 # Keras' own variable -> numpy conversion while saving, not ours.
@@ -59,20 +59,6 @@ LOAD_AND_PREDICT = textwrap.dedent(
 )
 
 
-def small_config(**overrides) -> ModelConfig:
-    tree = {
-        "embedding": {"dim": 16},
-        "word_units": 8,
-        "sentence_units": 8,
-        "word_attention": {"context_dim": 8},
-        "sentence_attention": {"context_dim": 8},
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            tree.setdefault(key, {}).update(value)
-        else:
-            tree[key] = value
-    return ModelConfig.model_validate(tree)
 
 
 def token_batch(seed: int = 0) -> np.ndarray:
