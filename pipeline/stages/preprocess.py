@@ -8,6 +8,7 @@ split only, and writes ragged encoded splits plus stats and a manifest, atomical
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -280,8 +281,6 @@ def _encode_split(vocab, docs: list[list[list[str]]], max_sentences: int, max_wo
 
 # --------------------------------------------------------------------------- the stage
 def _fingerprint(config: PipelineConfig, inputs: dict[str, str]) -> str:
-    import hashlib
-
     blob = json.dumps({"stage_version": STAGE_VERSION, "config": config.section_hash("name", "seed", "data", "preprocess"),
                        "inputs": inputs}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
