@@ -64,26 +64,24 @@ def _log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- reading
-def _read(config: PipelineConfig) -> tuple[list[RawDocument | Rejected], dict[str, Any]]:
-    """All input records, and what the reader skipped or could not decode."""
+def _read(config: PipelineConfig):
+    """All input records, and the reader's report of what it skipped or could not decode."""
+    from pipeline.data.readers import ReadReport, read_documents
+
+    report = ReadReport()
     if config.data.format == "demo":
         from pipeline.data import demo
 
-        docs = demo.generate_demo_corpus(config.data.demo, seed=config.seed)
-        return list(docs), {"skipped_files": [], "decode_error_bytes": 0}
-
-    from pipeline.data.readers import ReadReport, read_documents
+        return list(demo.generate_demo_corpus(config.data.demo, seed=config.seed)), report
 
     path = config.resolved_data_path()
     assert path is not None  # the config validator requires data.path for every other format
-    report = ReadReport()
     items: list[RawDocument | Rejected] = []
     with Progress("read documents") as progress:
         for item in read_documents(config.data, path, report=report):
             items.append(item)
             progress.advance()
-    read_info = {"skipped_files": report.skipped_files, "decode_error_bytes": report.decode_error_bytes}
-    return items, read_info
+    return items, report
 
 
 # --------------------------------------------------------------------------- splits
@@ -155,7 +153,8 @@ class _TokenizerPool:
         self.executor = None
         if workers > 1 and documents >= _PARALLEL_MIN_DOCS:
             self.executor = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
-            self.warming = [self.executor.submit(_warm_worker) for _ in range(workers)]
+            for _ in range(workers):
+                self.executor.submit(_warm_worker)
             self.workers = workers
 
     def tokenize(self, processor, texts: list[str]) -> list[tuple[list[str], list[list[str]]]]:
@@ -315,10 +314,9 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
         _track(config, out_dir, previous, cached=True)
         return PreprocessResult(out_dir, previous, skipped=True)
 
-    items, read_info = _read(config)
+    items, read_report = _read(config)
     validation = validate_documents(items, config.data.labels, config.data.max_chars)
     kept, quarantined = list(validation.kept), list(validation.quarantined)
-    decode_error_bytes = read_info["decode_error_bytes"]
 
     labels = sorted({doc.label for doc in kept if doc.label is not None})
     if not kept:
@@ -378,8 +376,11 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
         "limits": limits,
         "vocabulary": {"size": len(vocab), "min_count": config.preprocess.vocab.min_count,
                        "max_size": config.preprocess.vocab.max_size, "training_types": len(token_counts)},
-        "decode_error_bytes": decode_error_bytes,
-        "skipped_files": len(read_info["skipped_files"]),
+        "decode_error_bytes": read_report.decode_error_bytes,
+        "skipped_files": len(read_report.skipped_files),
+        "files_read": read_report.files_read,
+        "blank_lines": read_report.blank_lines,
+        "documents_with_decode_errors": read_report.documents_with_decode_errors,
         "quarantine": counts["by_reason"],
         "splits": {},
     }
@@ -408,8 +409,8 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
         write_json(staging / "text_processor.json", processor.to_json())
         write_json(staging / "labels.json", labels)
         write_quarantine(staging / "quarantine.jsonl", quarantined)
-        if read_info["skipped_files"]:
-            write_json(staging / "skipped_files.json", read_info["skipped_files"])
+        if read_report.skipped_files:
+            write_json(staging / "skipped_files.json", read_report.skipped_files)
         elapsed = time.perf_counter() - started
         stats["seconds"] = round(elapsed, 3)
         stats["documents_per_second"] = round(input_count / elapsed, 1)

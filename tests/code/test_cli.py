@@ -57,3 +57,28 @@ def test_preprocess_then_noop_rerun(tmp_path):
     second = run_cli(*args)
     assert second.returncode == 0, second.stderr
     assert "nothing to do" in second.stderr
+
+
+def test_run_does_the_built_stages_and_names_the_rest():
+    result = run_cli("run", "--set", "data.demo.num_documents=120")
+    assert result.returncode == 0, result.stderr
+    assert "120 input = 120 kept + 0 quarantined" in result.stdout
+    for stage in ("train", "evaluate", "explain"):
+        assert f"{stage}: not built yet" in result.stderr
+    assert "still to come" in result.stdout
+
+
+def test_make_passes_config_and_every_set_value():
+    # `make -n` prints the command without running it: CONFIG= and SET= reach the CLI intact.
+    result = subprocess.run(["make", "-n", "-W", "requirements.txt", "preprocess", "CONFIG=configs/bbc.yaml",
+                             "SET=seed=7 preprocess.vocab.min_count=3"], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "-m pipeline preprocess --config configs/bbc.yaml --set seed=7 --set preprocess.vocab.min_count=3" in result.stdout
+
+
+def test_make_help_lists_every_target():
+    result = subprocess.run(["make", "help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for target in ("install", "pipeline", "preprocess", "train", "evaluate", "explain", "test", "bench", "lint", "ui", "clean"):
+        assert f"  {target} " in result.stdout, target
