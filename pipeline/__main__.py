@@ -30,6 +30,9 @@ EPILOG = textwrap.dedent(
       python -m pipeline run
       HAN_DATA_DIR=../shared/data python -m pipeline preprocess --config configs/bbc.yaml
       python -m pipeline preprocess --set preprocess.vocab.min_count=3 --set seed=7
+      python -m pipeline train --set train.epochs=5 --set train.optimizer=sgd
+      python -m pipeline predict --explain "Some text. Several sentences."
+      python -m pipeline predict --file doc.txt --model models:/han-classifier@champion
     """
 )
 
@@ -42,23 +45,6 @@ STAGE_HELP = {
     "predict": "classify raw text (with --explain: show the sentences the model attended to)",
 }
 
-# Stages that a later issue builds; they say so instead of pretending to work.
-NOT_BUILT = {
-    "train": "#4 (training and evaluation stages)",
-    "evaluate": "#4 (training and evaluation stages)",
-    "explain": "#5 (explanations and faithfulness)",
-    "predict": "#4 (the raw-text model) and #5 (explanations)",
-}
-
-
-class NotBuiltYet(RuntimeError):
-    pass
-
-
-def _not_built(stage: str) -> NotBuiltYet:
-    return NotBuiltYet(f"{stage}: not built yet (planned in issue {NOT_BUILT[stage]})")
-
-
 def cmd_preprocess(config: PipelineConfig, args: argparse.Namespace) -> int:
     from pipeline.stages import preprocess
 
@@ -69,31 +55,76 @@ def cmd_preprocess(config: PipelineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_not_built(stage: str) -> Callable[[PipelineConfig, argparse.Namespace], int]:
-    def command(config: PipelineConfig, args: argparse.Namespace) -> int:
-        raise _not_built(stage)
+def cmd_train(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline.stages import train
 
-    return command
+    result = train.run(config, force=args.force)
+    manifest = result.manifest
+    tracked = manifest["mlflow"]
+    print(f"train: best epoch {manifest['best_epoch']} of {manifest['epochs_run']} "
+          f"({manifest['monitor']} {manifest['best_value']:.4f}){' (unchanged, not retrained)' if result.skipped else ''}")
+    print(f"train: model in {result.output_dir / 'model.keras'}; MLflow run {tracked['run_id']}, "
+          f"registered {tracked['registered_model']} version {tracked['registered_version']}")
+    return 0
+
+
+def cmd_evaluate(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline.stages import evaluate
+
+    result = evaluate.run(config)
+    model, baseline = result.metrics["model"], result.metrics["baseline"]
+    line = f"evaluate: test accuracy {model['accuracy']:.4f}, macro F1 {model['macro_f1']:.4f}"
+    if baseline is not None:
+        line += f" (TF-IDF + LR baseline: {baseline['accuracy']:.4f}, {baseline['macro_f1']:.4f})"
+    print(line)
+    print(f"evaluate: gate {'passed' if result.passed else 'FAILED'}: " + "; ".join(result.metrics["gate"]["reasons"]))
+    print(f"evaluate: metrics in {result.output_dir / 'metrics.json'}")
+    return 0
+
+
+def cmd_explain(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline.stages import explain
+
+    texts = labels = None
+    if getattr(args, "text", None) is not None or getattr(args, "file", None) is not None:
+        texts, labels = explain.read_texts(getattr(args, "text", None), getattr(args, "file", None))
+    result = explain.run(config, texts, labels)
+    for note in result.summary.get("notes", []):
+        print(f"explain: {note}")
+    print(f"explain: report in {result.output_dir / 'report.html'}")
+    return 0
+
+
+def cmd_predict(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline import predict
+
+    texts = predict.read_inputs(args.text, args.file)
+    results = predict.predict(config, texts, model_uri=args.model)
+    for result in results:
+        print(predict.render(result, explain=args.explain, top=args.top))
+    return 0 if all(result.get("error") is None for result in results) else 2
 
 
 def cmd_run(config: PipelineConfig, args: argparse.Namespace) -> int:
-    """Run every stage that exists, in order, and list the ones still to come."""
-    status = cmd_preprocess(config, args)
-    missing = [stage for stage in ("train", "evaluate", "explain") if stage in NOT_BUILT]
-    for stage in missing:
-        print(str(_not_built(stage)), file=sys.stderr)
-    if missing:
-        print(f"run: finished the stages that exist; {', '.join(missing)} still to come.")
-    return status
+    """preprocess -> train -> evaluate (-> explain), nested under one MLflow pipeline run."""
+    from pipeline.tracking import pipeline_run, run_url
+
+    stages = ["preprocess", "train", "evaluate", "explain"]
+    with pipeline_run(config, stages) as run:
+        for stage in stages:
+            COMMANDS[stage](config, args)
+    print(f"run: done. MLflow pipeline run {run.info.run_id} (experiment {config.tracking.experiment or config.name}).")
+    print(f"run: to look at it, start `make ui` and open {run_url(run)}")
+    return 0
 
 
 COMMANDS: dict[str, Callable[[PipelineConfig, argparse.Namespace], int]] = {
     "preprocess": cmd_preprocess,
-    "train": cmd_not_built("train"),
-    "evaluate": cmd_not_built("evaluate"),
-    "explain": cmd_not_built("explain"),
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "explain": cmd_explain,
     "run": cmd_run,
-    "predict": cmd_not_built("predict"),
+    "predict": cmd_predict,
 }
 
 
@@ -109,13 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
                            help="YAML config (default: configs/default.yaml, the built-in demo corpus)")
         stage.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                            help="override one config value, e.g. --set preprocess.vocab.min_count=3 (repeatable)")
-        if name in ("preprocess", "run"):
+        if name in ("preprocess", "train", "run"):
             stage.add_argument("--force", action="store_true",
-                               help="redo preprocessing even when inputs and config are unchanged")
+                               help="redo the stage even when its inputs and config are unchanged")
+        if name == "explain":
+            source = stage.add_mutually_exclusive_group()
+            source.add_argument("--text", help="explain this text instead of the test split")
+            source.add_argument("--file", help="explain a file instead of the test split: .txt = one document, "
+                                               ".jsonl = one {\"text\": ..., \"label\": ...} per line")
         if name == "predict":
             stage.add_argument("text", nargs="?", help="the text to classify")
             stage.add_argument("--file", help="read the text from this file")
             stage.add_argument("--explain", action="store_true", help="show the top sentences and their weights")
+            stage.add_argument("--top", type=int, default=3, metavar="K", help="sentences shown with --explain (default 3)")
+            stage.add_argument("--model", metavar="URI",
+                               help="an MLflow model URI, e.g. models:/han-classifier@champion "
+                                    "(default: the model of the last train stage of --config)")
     return parser
 
 
@@ -124,11 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         return COMMANDS[args.stage](config, args)
-    except NotBuiltYet as err:
-        print(str(err), file=sys.stderr)
-        return 3
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
-        if os.environ.get("HAN_DEBUG"):
+    except Exception as err:
+        known = (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError)
+        if os.environ.get("HAN_DEBUG") or not (isinstance(err, known) or type(err).__module__.startswith("mlflow")):
             raise
         print(f"error: {err}", file=sys.stderr)
         print("(set HAN_DEBUG=1 for the full traceback)", file=sys.stderr)

@@ -46,3 +46,91 @@ def pad_batch(documents: list[list[np.ndarray]]) -> np.ndarray:
         for j, sentence in enumerate(doc):
             batch[i, j, : len(sentence)] = sentence
     return batch
+
+
+# --------------------------------------------------------------------------- batch plans and tf.data
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, *, bucket_batches: int = 20, seed: int | None = None, epoch: int = 0
+) -> list[np.ndarray]:
+    """Document indices grouped into batches of similar size, so that padding stays small.
+
+    ``lengths`` is one size key per document (e.g. sentences x longest sentence). With a
+    ``seed`` (training): documents are shuffled from ``(seed, epoch)``, cut into windows of
+    ``bucket_batches`` batches, sorted by length inside each window and batched, and the batches
+    are shuffled again, so every epoch sees a different but reproducible order (a resumed run
+    replays exactly the epochs it missed). Without a seed (evaluation): all documents sorted by
+    length, batched in that order.
+    """
+    count = len(lengths)
+    if count == 0:
+        return []
+    if seed is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i : i + batch_size] for i in range(0, count, batch_size)]
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(count)
+    window = batch_size * bucket_batches
+    batches: list[np.ndarray] = []
+    for start in range(0, count, window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def document_sizes(split: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
+    """Per document: number of sentences and its longest sentence (the two padded dimensions)."""
+    starts = np.concatenate([[0], np.cumsum(split.document_lengths)[:-1]]).astype(np.int64)
+    longest = np.zeros(len(split), dtype=np.int64)
+    nonempty = split.document_lengths > 0
+    if nonempty.any():
+        longest[nonempty] = np.maximum.reduceat(split.sentence_lengths, starts[nonempty])
+    return split.document_lengths.astype(np.int64), longest
+
+
+def padding_efficiency(split: EncodedSplit, batches: list[np.ndarray]) -> float:
+    """Real tokens / padded cells over a batch plan (1.0 = no padding at all)."""
+    sentences, longest = document_sizes(split)
+    cells = sum(len(b) * int(sentences[b].max(initial=1)) * int(longest[b].max(initial=1)) for b in batches)
+    return float(len(split.tokens) / cells) if cells else 1.0
+
+
+def make_dataset(
+    split: EncodedSplit,
+    batches: list[np.ndarray],
+    *,
+    sample_weights: np.ndarray | None = None,
+    with_labels: bool = True,
+):
+    """A ``tf.data.Dataset`` yielding ``(token_ids, labels[, weights])`` batch by batch, in plan order.
+
+    The split lives in the pipeline as one ragged tensor ``(documents, sentences, words)``; each
+    batch gathers its documents and pads them densely to the batch's own maxima (0 = padding),
+    so no padding is stored and little is computed.
+    """
+    import tensorflow as tf
+
+    ragged = tf.RaggedTensor.from_nested_row_lengths(
+        tf.constant(split.tokens, dtype=tf.int32),
+        [tf.constant(split.document_lengths, dtype=tf.int64), tf.constant(split.sentence_lengths, dtype=tf.int64)],
+    )
+    if not batches:
+        raise ValueError("no batches to feed: the split is empty")
+    plan = tf.RaggedTensor.from_row_lengths(
+        tf.constant(np.concatenate(batches), dtype=tf.int64), tf.constant([len(b) for b in batches], dtype=tf.int64)
+    )
+    labels = tf.constant(split.labels)
+    weights = None if sample_weights is None else tf.constant(sample_weights, dtype=tf.float32)
+
+    def load(index):
+        members = plan[index]
+        tokens = tf.gather(ragged, members).to_tensor(default_value=0)
+        tokens = tf.cast(tokens, tf.int32)
+        if not with_labels:
+            return (tokens,)
+        if weights is None:
+            return tokens, tf.gather(labels, members)
+        return tokens, tf.gather(labels, members), tf.gather(weights, members)
+
+    dataset = tf.data.Dataset.range(len(batches)).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -141,6 +141,69 @@ class ModelConfig(_Strict):
     multilabel: bool = False
 
 
+class EarlyStoppingConfig(_Strict):
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(3, ge=0, description="epochs without improvement before stopping; 0 = never stop early")
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(_Strict):
+    """How the train stage fits the model (``pipeline.stages.train``)."""
+
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = Field(2e-3, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only (the HAN paper: SGD, momentum 0.9)")
+    schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    decay_rate: float = Field(0.5, gt=0.0, le=1.0, description="exponential: factor per epoch")
+    clipnorm: float | None = Field(5.0, gt=0.0, description="global gradient-norm clipping; null = none")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    class_weights: Literal["none", "balanced"] = "none"
+    bucket_batches: int = Field(
+        20, ge=1, description="documents of this many batches are sorted by length together, then batched"
+    )
+    resume: bool = Field(True, description="continue an interrupted run from its last finished epoch")
+    deterministic: bool = Field(True, description="TensorFlow op determinism (same metrics on CPU from the seed)")
+
+
+class GateConfig(_Strict):
+    """What a model must reach before it may replace the champion."""
+
+    min_accuracy: float = Field(0.6, ge=0.0, le=1.0)
+    min_macro_f1: float = Field(0.0, ge=0.0, le=1.0)
+    metric: Literal["accuracy", "macro_f1", "micro_f1"] = "macro_f1"
+    champion_margin: float = Field(
+        0.0, ge=0.0, le=1.0, description="δ: the new model must beat the registered champion's metric by this much"
+    )
+    must_beat_baseline: bool = False
+
+
+class BaselineConfig(_Strict):
+    enabled: bool = True
+    max_features: int = Field(50_000, ge=10)
+    ngram_max: int = Field(2, ge=1, le=3)
+    C: float = Field(10.0, gt=0.0)
+
+
+class EvaluateConfig(_Strict):
+    batch_size: int = Field(64, ge=1)
+    calibration_bins: int = Field(15, ge=2, le=1000)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+
+
+class ExplainConfig(_Strict):
+    """What the explain stage writes and measures (``pipeline.stages.explain``)."""
+
+    report_documents: int = Field(400, ge=1, description="documents in the HTML report (misclassified first)")
+    faithfulness_documents: int = Field(1000, ge=1, description="test documents used for the faithfulness metrics")
+    ks: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    random_draws: int = Field(5, ge=1, le=100)
+    top_n: int = Field(15, ge=1, le=1000, description="words and sentences listed per class")
+    batch_size: int = Field(64, ge=1)
+
+
 class TrackingConfig(_Strict):
     experiment: str | None = None
     registered_model: str = "han-classifier"
@@ -154,6 +217,9 @@ class PipelineConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     # ----------------------------------------------------------------- derived values

@@ -305,6 +305,7 @@ def compile_han(
     config: ModelConfig,
     learning_rate: float = 1e-3,
     sparse_labels: bool = True,
+    optimizer: keras.optimizers.Optimizer | None = None,
 ) -> keras.Model:
     """A compiled probabilities-only view of ``model`` (``training_view``), ready for ``fit``.
 
@@ -315,7 +316,8 @@ def compile_han(
     or one-hot ``(batch, classes)`` (``sparse_labels=False``), with categorical cross-entropy;
     a 0/1 matrix ``(batch, classes)`` for multi-label models, with binary cross-entropy. Adam
     with global-norm clipping at 5, which keeps long-document RNN gradients in check (the
-    paper used SGD with momentum; Adam needs no learning-rate search on small data).
+    paper used SGD with momentum; Adam needs no learning-rate search on small data). Pass
+    ``optimizer`` to use another (the train stage builds it from ``train`` config).
     """
     if config.multilabel:
         loss = keras.losses.BinaryCrossentropy()
@@ -328,7 +330,7 @@ def compile_han(
         metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     trainer = training_view(model)
     trainer.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=5.0),
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=5.0),
         loss=loss,
         metrics=metrics,
     )
@@ -429,3 +431,19 @@ def load_pretrained_embeddings(
     rng = np.random.default_rng(seed)
     matrix[missing] = rng.normal(0.0, scale or 0.1, size=(int(missing.sum()), dim)).astype(np.float32)
     return matrix, coverage
+
+
+def inference_function(model: keras.Model):
+    """``model(token_ids, training=False)`` as one graph for every batch shape.
+
+    Calling the model eagerly runs op by op; a ``tf.function`` traced once with free batch,
+    sentence and word dimensions runs the same computation several times faster, without a new
+    trace for each batch shape (which ``model.predict`` would do). Outputs as ``model``'s.
+    """
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None), tf.int32, name="token_ids")])
+    def infer(token_ids):
+        return model(token_ids, training=False)
+
+    return infer

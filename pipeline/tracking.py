@@ -10,6 +10,9 @@ from typing import Any
 
 from pipeline.config import PROJECT_ROOT, PipelineConfig
 
+# MLflow's per-file download progress bars only clutter the stage output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 # MLflow caps a param value at 6000 characters; longer values (label lists) are cut visibly.
 _PARAM_MAX = 500
 
@@ -66,3 +69,22 @@ def stage_run(config: PipelineConfig, stage: str, extra_tags: Mapping[str, str] 
     with mlflow.start_run(run_name=stage, nested=parent is not None, tags=tags) as run:
         mlflow.log_params(flatten(config.to_dict()))
         yield run
+
+
+@contextlib.contextmanager
+def pipeline_run(config: PipelineConfig, stages: list[str]) -> Iterator[Any]:
+    """The parent run of ``python -m pipeline run``: each stage's run nests under it."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    _use_experiment(mlflow, config.tracking.experiment or config.name, uri)
+    tags = {"han.stage": "pipeline", "han.pipeline": config.name, "han.stages": ",".join(stages)}
+    with mlflow.start_run(run_name=f"pipeline-{config.name}", tags=tags) as run:
+        mlflow.log_params(flatten(config.to_dict()))
+        yield run
+
+
+def run_url(run: Any) -> str:
+    """Where a run is found in the MLflow UI started by ``make ui`` (default port)."""
+    return f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

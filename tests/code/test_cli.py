@@ -28,10 +28,11 @@ def test_stage_help_documents_config_and_set():
     assert "--config" in result.stdout and "--set" in result.stdout
 
 
-def test_unbuilt_stage_says_so_and_fails():
-    result = run_cli("train")
-    assert result.returncode == 3
-    assert "not built yet" in result.stderr
+def test_stage_before_its_inputs_says_what_to_run():
+    result = run_cli("train", "--set", "data.demo.num_documents=120")
+    assert result.returncode == 2
+    assert "no preprocessing outputs" in result.stderr and "make preprocess" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_config_typo_is_a_clear_error_without_traceback():
@@ -59,13 +60,16 @@ def test_preprocess_then_noop_rerun(tmp_path):
     assert "nothing to do" in second.stderr
 
 
-def test_run_does_the_built_stages_and_names_the_rest():
-    result = run_cli("run", "--set", "data.demo.num_documents=120")
-    assert result.returncode == 0, result.stderr
+def test_run_does_every_stage_and_says_where_to_look():
+    tiny = ["data.demo.num_documents=120", "model.embedding.dim=16", "model.word_units=8", "model.sentence_units=8",
+            "train.epochs=1", "evaluate.gate.min_accuracy=0", "explain.random_draws=1"]
+    result = run_cli("run", *[arg for item in tiny for arg in ("--set", item)])
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "120 input = 120 kept + 0 quarantined" in result.stdout
-    for stage in ("train", "evaluate", "explain"):
-        assert f"{stage}: not built yet" in result.stderr
-    assert "still to come" in result.stdout
+    for stage in ("train: best epoch", "evaluate: test accuracy", "evaluate: gate", "explain: report in"):
+        assert stage in result.stdout, stage
+    assert "run: done. MLflow pipeline run" in result.stdout and "make ui" in result.stdout
+    assert "train: epoch 1/1" in result.stderr  # the per-epoch line
 
 
 def test_make_passes_config_and_every_set_value():

@@ -1,0 +1,346 @@
+"""The raw-text model: text in; label, probabilities and attention weights out.
+
+A *bundle* is a directory with everything that turns raw text into the model's input exactly as
+preprocessing did (``text_processor.json``: normalisation, the trained Punkt splitter and the
+tokenizer; ``vocab.json``; ``limits.json``: the truncation limits; ``labels.json``) plus the
+model (``model.keras``). ``RawTextClassifier`` reads a bundle; ``HANTextModel`` wraps it as an
+``mlflow.pyfunc`` model, logged by ``log_raw_text_model`` with the bundle as its artifacts and the
+``pipeline`` package as its code, so ``mlflow.pyfunc.load_model`` works in any process that has
+the pinned requirements, with or without this project on the path.
+
+Each answer is a dict (one DataFrame row for the pyfunc model) with ``OUTPUT_COLUMNS``:
+
+- ``label``: the most probable class (None when the text could not be read);
+- ``probabilities``: ``{label: probability}`` over every class;
+- ``sentences``: the sentence strings the model read, after truncation to ``max_sentences``;
+- ``sentence_weights``: one attention weight per sentence, summing to 1;
+- ``words``: per sentence the tokens the model read, after truncation to ``max_words``;
+- ``word_weights``: one attention weight per token, aligned with ``words``;
+- ``truncated``: True when sentences or words were cut to the limits;
+- ``error``: None, or why this one text could not be classified (the other rows still are).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import read_json, write_json
+from pipeline.config import PROJECT_ROOT
+
+BUNDLE_FILES = ("model.keras", "text_processor.json", "vocab.json", "labels.json", "limits.json")
+OUTPUT_COLUMNS = ("label", "probabilities", "sentences", "sentence_weights", "words", "word_weights", "truncated", "error")
+# What the served model needs at run time (the pins come from requirements.txt).
+RUNTIME_PACKAGES = ("tensorflow", "keras", "mlflow", "nltk", "numpy", "pandas", "pydantic", "PyYAML")
+DEFAULT_BATCH_SIZE = 32
+
+# The package logged as the model's code (``code_paths``), and the models-from-code entry point.
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_CODE = PACKAGE_DIR / "pyfunc_model.py"
+
+
+def write_bundle(bundle_dir: Path, model_path: Path, preprocess_dir: Path) -> Path:
+    """Copy the model and the preprocessing state it was trained with into ``bundle_dir``.
+
+    ``limits.json`` gets the truncation limits (``max_sentences``, ``max_words``) from the
+    preprocess ``stats.json``, so raw text is cut exactly as the training data was.
+    """
+    bundle_dir = Path(bundle_dir)
+    preprocess_dir = Path(preprocess_dir)
+    missing = [name for name in ("text_processor.json", "vocab.json", "labels.json", "stats.json")
+               if not (preprocess_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"preprocess outputs {preprocess_dir} lack {', '.join(missing)}; run preprocessing first")
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(model_path, bundle_dir / "model.keras")
+    for name in ("text_processor.json", "vocab.json", "labels.json"):
+        shutil.copy2(preprocess_dir / name, bundle_dir / name)
+    limits = read_json(preprocess_dir / "stats.json")["limits"]
+    write_json(bundle_dir / "limits.json", {"max_sentences": int(limits["max_sentences"]),
+                                            "max_words": int(limits["max_words"])})
+    return bundle_dir
+
+
+def _failed(error: str) -> dict[str, Any]:
+    return {"label": None, "probabilities": {}, "sentences": [], "sentence_weights": [], "words": [],
+            "word_weights": [], "truncated": False, "error": error}
+
+
+class RawTextClassifier:
+    """Classify raw texts with a bundle, the same way the evaluate stage scores encoded ones.
+
+    Texts are normalised, sentence-split, tokenized, truncated (``doc[:max_sentences]``, each
+    sentence ``tokens[:max_words]``) and encoded exactly as ``pipeline.stages.preprocess`` did;
+    documents are batched by length and each batch is padded only to its own maxima
+    (``pipeline.batching.pad_batch``) and run through the model's inference graph.
+    """
+
+    def __init__(self, model, processor, vocab, labels: list[str], max_sentences: int, max_words: int) -> None:
+        from pipeline.model import inference_function
+
+        if max_sentences < 1 or max_words < 1:
+            raise ValueError(f"limits must be >= 1, got max_sentences={max_sentences}, max_words={max_words}")
+        self.model = model
+        # model(token_ids, training=False) as one tf.function with free dimensions: no retrace per
+        # batch shape (model.predict would retrace), several times faster than eager calls.
+        self.infer = inference_function(model)
+        self.processor = processor
+        self.vocab = vocab
+        self.labels = list(labels)
+        self.max_sentences = int(max_sentences)
+        self.max_words = int(max_words)
+
+    @classmethod
+    def from_directory(cls, bundle_dir: str | Path) -> RawTextClassifier:
+        """Load a bundle written by ``write_bundle`` (Keras model loaded with ``safe_mode=True``)."""
+        import keras
+
+        import pipeline.model  # noqa: F401  (registers the HAN layers for loading)
+        from pipeline.text import TextProcessor
+        from pipeline.vocab import Vocabulary
+
+        bundle_dir = Path(bundle_dir)
+        missing = [name for name in BUNDLE_FILES if not (bundle_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"model bundle {bundle_dir} lacks {', '.join(missing)}; train again to rebuild it")
+        limits = read_json(bundle_dir / "limits.json")
+        return cls(keras.saving.load_model(bundle_dir / "model.keras", safe_mode=True),
+                   TextProcessor.load(bundle_dir / "text_processor.json"), Vocabulary.load(bundle_dir / "vocab.json"),
+                   list(read_json(bundle_dir / "labels.json")), int(limits["max_sentences"]), int(limits["max_words"]))
+
+    # ------------------------------------------------------------------ encoding
+    def read(self, text: Any) -> tuple[list[str], list[list[str]], bool, str | None]:
+        """``(sentences, tokens, truncated, error)``: what the model will see, whether anything was
+        cut, or (with empty containers) why the text cannot be read."""
+        if text is None or (isinstance(text, float) and np.isnan(text)):
+            return [], [], False, "no text (missing value)"
+        if not isinstance(text, str):
+            return [], [], False, f"text must be a string, got {type(text).__name__}"
+        if not text.strip():
+            return [], [], False, "empty text"
+        sentences, tokens = self.processor.sentences_and_tokens(text)
+        # The same rule as preprocessing's no_tokens quarantine: some token must have a letter or digit.
+        if not any(ch.isalnum() for sentence in tokens for token in sentence for ch in token):
+            return [], [], False, "no words in the text (only punctuation or symbols)"
+        kept = tokens[: self.max_sentences]
+        truncated = len(tokens) > self.max_sentences or any(len(t) > self.max_words for t in kept)
+        return sentences[: self.max_sentences], [t[: self.max_words] for t in kept], truncated, None
+
+    def _ids(self, tokens: list[list[str]]) -> list[np.ndarray]:
+        return [np.asarray(self.vocab.encode(sentence), dtype=np.int32) for sentence in tokens]
+
+    def encode(self, texts: Sequence[Any]) -> list[list[np.ndarray] | None]:
+        """Per text, its sentences' token id arrays exactly as preprocessing encodes them (the
+        documents of ``EncodedSplit.documents()``); None for a text that cannot be read."""
+        encoded: list[list[np.ndarray] | None] = []
+        for text in texts:
+            _, tokens, _, error = self.read(text)
+            encoded.append(None if error else self._ids(tokens))
+        return encoded
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, texts: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+        """One result dict per text, in input order (keys: ``OUTPUT_COLUMNS``, see the module doc).
+
+        A text that is not a string, is empty or has no words gets ``label`` None, empty
+        containers and an ``error``; the other texts still get their answers.
+        """
+        from pipeline.batching import pad_batch
+
+        if isinstance(texts, str):
+            raise TypeError("predict takes a sequence of texts; wrap a single text in a list")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        readings = [self.read(text) for text in texts]
+        results = [_failed(error) if error else None for *_, error in readings]
+        documents = {i: self._ids(reading[1]) for i, reading in enumerate(readings) if reading[3] is None}
+        # Similar sizes share a batch, so padding (sentences x longest sentence) stays small.
+        order = sorted(documents, key=lambda i: (len(documents[i]), max(len(s) for s in documents[i])))
+        for start in range(0, len(order), batch_size):
+            members = order[start : start + batch_size]
+            outputs = self.infer(pad_batch([documents[i] for i in members]))
+            probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
+            sentence_weights = np.asarray(outputs["sentence_weights"], dtype=np.float64)
+            word_weights = np.asarray(outputs["word_weights"], dtype=np.float64)
+            for row, i in enumerate(members):
+                sentences, tokens, truncated, _ = readings[i]
+                results[i] = {
+                    "label": self.labels[int(np.argmax(probabilities[row]))],
+                    "probabilities": {label: float(p) for label, p in zip(self.labels, probabilities[row], strict=True)},
+                    "sentences": list(sentences),
+                    # Padding gets exactly 0 weight, so the kept weights still sum to 1.
+                    "sentence_weights": sentence_weights[row, : len(tokens)].tolist(),
+                    "words": [list(t) for t in tokens],
+                    "word_weights": [word_weights[row, j, : len(t)].tolist() for j, t in enumerate(tokens)],
+                    "truncated": bool(truncated),
+                    "error": None,
+                }
+        return results
+
+
+# --------------------------------------------------------------------------- MLflow pyfunc
+try:
+    import mlflow.pyfunc
+
+    _PythonModel = mlflow.pyfunc.PythonModel
+except ImportError:  # the package imports without MLflow; only logging/serving needs it
+    _PythonModel = object
+
+
+def texts_from_input(model_input: Any) -> list[Any]:
+    """The texts of a pyfunc input: a DataFrame with a ``text`` column, ``{"text": [...]}``, a
+    list of strings (or a single string)."""
+    if isinstance(model_input, pd.DataFrame):
+        if "text" not in model_input.columns:
+            raise ValueError(
+                f"the input needs a 'text' column (one document per row); it has columns "
+                f"{[str(c) for c in model_input.columns]}. Send pd.DataFrame({{'text': [...]}}), or over REST "
+                '{"dataframe_records": [{"text": "..."}]}'
+            )
+        texts = model_input["text"].tolist()
+        # A loaded pyfunc model gets {"text": ["a", "b"]} from MLflow as ONE row whose cell is the
+        # list (mlflow.models.utils._enforce_schema packs a dict of string lists that way).
+        if len(texts) == 1 and isinstance(texts[0], list | tuple | np.ndarray):
+            return list(texts[0])
+        return texts
+    if isinstance(model_input, pd.Series):
+        return model_input.tolist()
+    if isinstance(model_input, dict):
+        if "text" not in model_input:
+            raise ValueError(f"the input dict needs a 'text' key with the documents; it has keys "
+                             f"{[str(k) for k in model_input]}. Send {{'text': ['...', ...]}}")
+        value = model_input["text"]
+        return [value] if isinstance(value, str) else list(value)
+    if isinstance(model_input, str):
+        return [model_input]
+    if isinstance(model_input, list | tuple | np.ndarray):
+        return list(model_input)
+    raise ValueError(f"unsupported input {type(model_input).__name__}: send a DataFrame with a 'text' column")
+
+
+class HANTextModel(_PythonModel):
+    """``mlflow.pyfunc`` model: a DataFrame with a ``text`` column in, one row per document out.
+
+    ``load_context`` reads the bundle from ``context.artifacts["han"]``. The optional param
+    ``batch_size`` (default 32) sets how many documents go through the model at once.
+    """
+
+    def __init__(self, classifier: RawTextClassifier | None = None) -> None:
+        self.classifier = classifier
+
+    def load_context(self, context) -> None:
+        self.classifier = RawTextClassifier.from_directory(context.artifacts["han"])
+
+    # The DataFrame type hint is the main contract; MLflow infers no schema from it (the logged
+    # signature does that), and it keeps MLflow from warning about a missing hint. A dict
+    # {"text": [...]} or a list of strings works as well (see ``texts_from_input``).
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if self.classifier is None:
+            raise RuntimeError("HANTextModel has no classifier: load it with mlflow.pyfunc.load_model "
+                               "or pass HANTextModel(RawTextClassifier.from_directory(bundle))")
+        batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE
+        results = self.classifier.predict(texts_from_input(model_input), batch_size=int(batch_size))
+        return results_frame(results)
+
+
+def results_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per result, ``OUTPUT_COLUMNS`` in order. Object columns, so a missing ``label`` or
+    ``error`` stays None (pandas 3 would make a string column of them, with NaN for None, and
+    NaN is truthy: ``if row["error"]`` would fire for every good row)."""
+    frame = pd.DataFrame({column: pd.Series([r[column] for r in results], dtype=object) for column in OUTPUT_COLUMNS})
+    frame["truncated"] = frame["truncated"].astype(bool)
+    return frame
+
+
+def pinned_requirements(packages: Sequence[str] = RUNTIME_PACKAGES) -> list[str]:
+    """``name==version`` lines from requirements.txt for the packages the served model imports."""
+    wanted = {p.lower() for p in packages}
+    pins = []
+    for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==", line.strip())
+        if match and match.group(1).lower() in wanted:
+            pins.append(line.strip())
+    found = {pin.split("==")[0].lower() for pin in pins}
+    if found != wanted:
+        raise ValueError(f"requirements.txt pins no version for {sorted(wanted - found)}; pin them there")
+    return pins
+
+
+def raw_text_signature(example: pd.DataFrame, output: pd.DataFrame):
+    """Input: a string ``text`` column. Output: inferred from a real prediction (MLflow 3 infers
+    the list and dict columns as ``Array``/``Object`` types: ``probabilities`` an object with one
+    double per label, ``sentences`` ``Array(string)``, ``word_weights`` ``Array(Array(double))``);
+    ``label`` and ``error`` are optional strings, since a text that cannot be read has no label and
+    an error. Param ``batch_size`` (long, default 32)."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import ColSpec, Schema
+
+    inferred = infer_signature(example[["text"]], output[list(OUTPUT_COLUMNS)],
+                               params={"batch_size": DEFAULT_BATCH_SIZE})
+    optional = {"label": ColSpec("string", "label", required=False), "error": ColSpec("string", "error", required=False)}
+    outputs = Schema([optional.get(spec.name, spec) for spec in inferred.outputs.inputs])
+    return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=outputs, params=inferred.params)
+
+
+def log_raw_text_model(bundle_dir: Path, *, name: str = "model", registered_model_name: str | None = None,
+                       example_texts: list[str]):
+    """Log the bundle as an ``mlflow.pyfunc`` model in the active run; register it when named.
+
+    The model is logged *from code* (``pyfunc_model.py``, MLflow's recommended form: loading
+    runs this package's code, never unpickled bytes), with the bundle as the artifact ``han``,
+    the ``pipeline`` package as ``code_paths`` (so it loads where the project is not installed),
+    a signature from a real prediction on ``example_texts`` (also the input example) and the
+    runtime requirements pinned as in requirements.txt.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri``; ``registered_model_version`` when registered).
+    """
+    import mlflow
+
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_raw_text_model logs into the active MLflow run; call it inside `with mlflow.start_run():`")
+    example_texts = list(example_texts)
+    if not example_texts or not all(isinstance(t, str) and t.strip() for t in example_texts):
+        raise ValueError("example_texts must be one or more non-empty strings (the model's input example)")
+    bundle_dir = Path(bundle_dir)
+    example = pd.DataFrame({"text": example_texts})
+    output = HANTextModel(RawTextClassifier.from_directory(bundle_dir)).predict(None, example)
+    failed = output["error"].dropna()
+    if len(failed):
+        raise ValueError(f"an example text cannot be classified ({failed.iloc[0]}); pass readable example_texts")
+    signature = raw_text_signature(example, output)
+    with warnings.catch_warnings():
+        # MLflow 3.17's input-example writer compares a column Index with a range, which pandas 3.1
+        # deprecates (Pandas4Warning); harmless, and not ours to fix.
+        warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(MODEL_CODE),
+            artifacts={"han": str(bundle_dir)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pinned_requirements(),
+            registered_model_name=registered_model_name,
+        )
+
+
+def load_raw_text_model(uri: str):
+    """The logged raw-text model, ready to ``predict(pd.DataFrame({"text": [...]}))``.
+
+    A thin wrapper of ``mlflow.pyfunc.load_model(uri)``: ``uri`` is e.g.
+    ``models:/han-classifier@champion``, ``models:/han-classifier/1`` or ``runs:/<run id>/model``,
+    read from the current MLflow tracking URI. ``predict`` takes the param ``batch_size``.
+    """
+    import mlflow
+
+    return mlflow.pyfunc.load_model(uri)

@@ -1,0 +1,298 @@
+"""The evaluate stage: score the trained model on the test split, beside a baseline, and judge it.
+
+Input: the preprocess and train stages' outputs. Output: ``artifacts/<name>/evaluate/``:
+
+- ``metrics.json``: the model's metrics (accuracy, macro/micro F1, per-class precision/recall/F1,
+  confusion matrix, expected calibration error, log loss), the TF-IDF + logistic regression
+  baseline's on the same split, the registered champion's (when one exists) and the gate verdict
+  with its reasons;
+- ``predictions.jsonl`` (id, true label, predicted label, probabilities);
+- ``confusion_matrix.png/.csv``, ``baseline_confusion_matrix.png/.csv``, ``reliability.png``.
+
+Everything also goes to one MLflow run, and the verdict is tagged on the registered model version.
+
+The baseline sees exactly the HAN's tokens (same vocabulary, same truncation), so the comparison is
+about the model, not the preprocessing. The champion is re-scored through its own raw-text model
+on the same test documents, so a champion trained with other preprocessing is judged fairly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts import MANIFEST, atomic_directory, output_hashes, read_json, read_manifest, write_json
+from pipeline.config import GateConfig, PipelineConfig
+
+STAGE_VERSION = 1
+
+
+class EvaluateError(RuntimeError):
+    """The stage cannot run; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.metrics["gate"]["passed"])
+
+
+def _log(message: str) -> None:
+    print(f"evaluate: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- predictions
+def load_model(path: Path):
+    """A saved HAN (``.keras``), loaded safely (no arbitrary code)."""
+    import keras
+
+    import pipeline.model  # noqa: F401  (registers the HAN layers)
+
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def predict_split(model, split, batch_size: int) -> dict[str, np.ndarray]:
+    """Run the model over a split batch by batch (length-sorted), outputs back in document order.
+
+    Returns ``probabilities`` ``(documents, classes)``; attention weights stay per batch and are
+    not kept here (the explain stage reads them).
+    """
+    from pipeline.batching import bucketed_batches, document_sizes, pad_batch
+    from pipeline.model import inference_function
+
+    infer = inference_function(model)
+    documents = split.documents()
+    sentences, longest = document_sizes(split)
+    probabilities: np.ndarray | None = None
+    for batch in bucketed_batches(sentences * longest, batch_size):
+        outputs = infer(pad_batch([documents[i] for i in batch]))
+        values = np.asarray(outputs["probabilities"], dtype=np.float64)
+        if probabilities is None:
+            probabilities = np.zeros((len(split), values.shape[1]))
+        probabilities[batch] = values
+    if probabilities is None:
+        raise EvaluateError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
+    return {"probabilities": probabilities}
+
+
+def token_texts(split, vocab_tokens: list[str]) -> list[str]:
+    """Each encoded document as whitespace-joined tokens (what the baseline reads)."""
+    table = np.asarray(vocab_tokens, dtype=object)
+    bounds = np.concatenate([[0], np.cumsum(split.sentence_lengths)])
+    doc_bounds = np.concatenate([[0], np.cumsum(split.document_lengths)])
+    texts = []
+    for d in range(len(split)):
+        start, end = bounds[doc_bounds[d]], bounds[doc_bounds[d + 1]]
+        texts.append(" ".join(table[split.tokens[start:end]]))
+    return texts
+
+
+# --------------------------------------------------------------------------- champion and gate
+def champion_version(registered_model: str):
+    """The registered model version holding the ``champion`` alias, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        return client.get_model_version_by_alias(registered_model, "champion")
+    except MlflowException:
+        return None
+
+
+def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list[str], y_true: np.ndarray) -> dict[str, Any]:
+    """The champion's metrics on the same test documents, read through its own raw-text model."""
+    import mlflow
+    import pandas as pd
+
+    from pipeline.metrics import classification_metrics
+
+    rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]
+    # Blank lines are paragraph breaks: each stored sentence stays one sentence when re-read.
+    texts = ["\n\n".join(row["sentences"]) for row in rows]
+    uri = f"models:/{config.tracking.registered_model}@champion"
+    started = time.perf_counter()
+    model = mlflow.pyfunc.load_model(uri)
+    answers = model.predict(pd.DataFrame({"text": texts}))
+    champion_labels = list(answers["probabilities"].iloc[0].keys()) if len(answers) else []
+    if sorted(champion_labels) != sorted(labels):
+        return {"version": str(version.version), "comparable": False,
+                "reason": f"the champion knows the labels {sorted(champion_labels)}, this model {sorted(labels)}"}
+    probabilities = np.asarray([[row[label] for label in labels] for row in answers["probabilities"]])
+    metrics = classification_metrics(y_true, probabilities, labels, config.evaluate.calibration_bins)
+    _log(f"champion (version {version.version}) re-scored on the same {len(texts):,} test documents "
+         f"in {time.perf_counter() - started:.1f}s")
+    return {"version": str(version.version), "comparable": True, "run_id": version.run_id, "metrics": metrics}
+
+
+def judge(gate: GateConfig, model: dict[str, Any], baseline: dict[str, Any] | None,
+          champion: dict[str, Any] | None) -> dict[str, Any]:
+    """The gate: every check with its value, threshold and outcome; passed when all pass."""
+    checks = [
+        {"check": "min_accuracy", "value": model["accuracy"], "threshold": gate.min_accuracy,
+         "passed": model["accuracy"] >= gate.min_accuracy},
+        {"check": "min_macro_f1", "value": model["macro_f1"], "threshold": gate.min_macro_f1,
+         "passed": model["macro_f1"] >= gate.min_macro_f1},
+    ]
+    if gate.must_beat_baseline:
+        if baseline is None:
+            checks.append({"check": "beat_baseline", "passed": False,
+                           "note": "evaluate.baseline.enabled is false, so the baseline cannot be compared"})
+        else:
+            checks.append({"check": "beat_baseline", "value": model[gate.metric], "threshold": baseline[gate.metric],
+                           "passed": model[gate.metric] > baseline[gate.metric]})
+    if champion is not None:
+        if champion.get("same_version"):
+            checks.append({"check": "beat_champion", "passed": True, "note": "this model version is the champion"})
+        elif not champion["comparable"]:
+            checks.append({"check": "beat_champion", "passed": False, "note": champion["reason"]})
+        else:
+            needed = champion["metrics"][gate.metric] + gate.champion_margin
+            checks.append({"check": "beat_champion", "metric": gate.metric, "value": model[gate.metric],
+                           "threshold": needed, "champion_version": champion["version"],
+                           "passed": model[gate.metric] >= needed - 1e-12})
+    reasons = [_reason(check) for check in checks]
+    return {"passed": all(check["passed"] for check in checks), "checks": checks, "reasons": reasons,
+            "champion": None if champion is None else champion.get("version")}
+
+
+def _reason(check: dict[str, Any]) -> str:
+    verdict = "passed" if check["passed"] else "FAILED"
+    if "value" in check:
+        return f"{check['check']} {verdict}: {check['value']:.4f} vs required {check['threshold']:.4f}"
+    return f"{check['check']} {verdict}: {check.get('note', '')}"
+
+
+# --------------------------------------------------------------------------- the stage
+def run(config: PipelineConfig) -> EvaluateResult:
+    from pipeline.batching import EncodedSplit
+    from pipeline.metrics import classification_metrics, tfidf_baseline
+
+    prep_dir = config.stage_dir("preprocess")
+    train_dir = config.stage_dir("train")
+    train_manifest = read_manifest(train_dir)
+    if read_manifest(prep_dir) is None:
+        raise EvaluateError(f"no preprocessing outputs in {prep_dir}; run `make preprocess` (or `make pipeline`) first")
+    if train_manifest is None or not (train_dir / "model.keras").is_file():
+        raise EvaluateError(f"no trained model in {train_dir}; run `make train CONFIG=...` (or `make pipeline`) first")
+    started = time.perf_counter()
+    labels: list[str] = read_json(prep_dir / "labels.json")
+    test = EncodedSplit.load(prep_dir / "test.npz")
+    if len(test) == 0:
+        raise EvaluateError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
+    settings = config.evaluate
+
+    model = load_model(train_dir / "model.keras")
+    probabilities = predict_split(model, test, settings.batch_size)["probabilities"]
+    metrics = classification_metrics(test.labels, probabilities, labels, settings.calibration_bins)
+    _log(f"HAN on {len(test):,} test documents: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+         f"ECE {metrics['ece']:.4f}")
+
+    baseline = baseline_probabilities = None
+    if settings.baseline.enabled:
+        train = EncodedSplit.load(prep_dir / "train.npz")
+        vocab_tokens = read_json(prep_dir / "vocab.json")["tokens"]
+        baseline_probabilities, info = tfidf_baseline(
+            token_texts(train, vocab_tokens), train.labels, token_texts(test, vocab_tokens), len(labels),
+            max_features=settings.baseline.max_features, ngram_max=settings.baseline.ngram_max,
+            C=settings.baseline.C, seed=config.seed)
+        baseline = classification_metrics(test.labels, baseline_probabilities, labels, settings.calibration_bins)
+        baseline["info"] = info
+        _log(f"TF-IDF + logistic regression baseline: accuracy {baseline['accuracy']:.4f}, "
+             f"macro F1 {baseline['macro_f1']:.4f}")
+
+    registered = train_manifest.get("mlflow", {}).get("registered_version")
+    champion = None
+    current = champion_version(config.tracking.registered_model)
+    if current is not None:
+        if registered is not None and str(current.version) == str(registered):
+            champion = {"version": str(current.version), "same_version": True, "comparable": True}
+        else:
+            champion = score_champion(config, current, prep_dir, labels, test.labels)
+    verdict = judge(settings.gate, metrics, baseline, champion)
+    _log(("gate PASSED: " if verdict["passed"] else "gate FAILED: ") + "; ".join(verdict["reasons"]))
+
+    result = {
+        "stage": "evaluate",
+        "stage_version": STAGE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "labels": labels,
+        "test_documents": len(test),
+        "model": metrics,
+        "baseline": baseline,
+        "champion": champion,
+        "gate": verdict,
+        "train": {"fingerprint": train_manifest.get("fingerprint"), "mlflow": train_manifest.get("mlflow")},
+        "seconds": None,
+    }
+    out_dir = config.stage_dir("evaluate")
+    with atomic_directory(out_dir) as staging:
+        _write_outputs(staging, test, labels, probabilities, metrics, baseline, settings.calibration_bins)
+        result["seconds"] = round(time.perf_counter() - started, 3)
+        write_json(staging / "metrics.json", result)
+        manifest = {"stage": "evaluate", "created": result["created"], "train_fingerprint": train_manifest.get("fingerprint"),
+                    "gate_passed": verdict["passed"], "outputs": output_hashes(staging)}
+        write_json(staging / MANIFEST, manifest)
+    _track(config, out_dir, result, registered)
+    return EvaluateResult(out_dir, result)
+
+
+def _write_outputs(directory: Path, test, labels, probabilities, metrics, baseline, bins) -> None:
+    from pipeline.metrics import plot_reliability, write_confusion_matrix
+
+    predicted = probabilities.argmax(axis=1)
+    with open(directory / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for doc_id, truth, guess, row in zip(test.ids, test.labels, predicted, probabilities, strict=True):
+            handle.write(json.dumps({"id": str(doc_id), "label": labels[truth], "predicted": labels[guess],
+                                     "correct": bool(truth == guess),
+                                     "probabilities": {label: float(p) for label, p in zip(labels, row, strict=True)}})
+                         + "\n")
+    write_confusion_matrix(metrics["confusion_matrix"], labels, directory / "confusion_matrix.png",
+                           directory / "confusion_matrix.csv", title="HAN: confusion matrix (test split)")
+    plot_reliability(test.labels, probabilities, directory / "reliability.png", bins=bins)
+    if baseline is not None:
+        write_confusion_matrix(baseline["confusion_matrix"], labels, directory / "baseline_confusion_matrix.png",
+                               directory / "baseline_confusion_matrix.csv",
+                               title="TF-IDF + LR baseline: confusion matrix (test split)")
+
+
+def _track(config: PipelineConfig, out_dir: Path, result: dict[str, Any], registered: str | None) -> None:
+    import mlflow
+
+    from pipeline.metrics import flat_metrics
+    from pipeline.tracking import stage_run
+
+    verdict = result["gate"]
+    tags = {"gate.passed": str(verdict["passed"]).lower(), "han.model_version": str(registered)}
+    with stage_run(config, "evaluate", tags) as run:
+        values = flat_metrics(result["model"], prefix="test.")
+        if result["baseline"] is not None:
+            values.update(flat_metrics(result["baseline"], prefix="baseline."))
+        champion = result["champion"]
+        if champion and champion.get("metrics"):
+            values.update(flat_metrics(champion["metrics"], prefix="champion."))
+        values["gate.passed"] = float(verdict["passed"])
+        mlflow.log_metrics(values)
+        mlflow.set_tag("gate.reasons", " | ".join(verdict["reasons"])[:5000])
+        for path in sorted(out_dir.iterdir()):
+            if path.is_file():
+                mlflow.log_artifact(str(path), "evaluate")
+        if registered is not None:
+            client = mlflow.MlflowClient()
+            name = config.tracking.registered_model
+            for key, value in {"gate.passed": str(verdict["passed"]).lower(),
+                               "gate.reasons": " | ".join(verdict["reasons"])[:5000],
+                               "evaluate.run_id": run.info.run_id,
+                               f"test.{config.evaluate.gate.metric}": f"{result['model'][config.evaluate.gate.metric]:.6f}",
+                               "test.accuracy": f"{result['model']['accuracy']:.6f}"}.items():
+                client.set_model_version_tag(name, registered, key, value)

@@ -1,0 +1,298 @@
+"""The explain stage: what the model attended to, for every test document (or given texts), and
+whether that attention is faithful to the model's decisions.
+
+Output: ``artifacts/<name>/explain/`` (or ``explain-input/`` for ``--file``/``--text``):
+
+- ``explanations.jsonl``: one record per document (sentences, sentence weights, words with
+  weights, predicted label, probabilities, true label when known), see ``pipeline.report``;
+- ``report.html``: one self-contained page with sentence and word heatmaps (the HAN paper's
+  figure) and filters for class, correct/incorrect and confidence;
+- ``class_summary.json``: per class, the words and sentences that get the most attention;
+- ``faithfulness.json`` / ``faithfulness.png`` (test split only): ERASER comprehensiveness and
+  sufficiency of the top-k attention sentences against k random ones, and, on the demo corpus,
+  the evidence hit rate.
+
+Removal for faithfulness happens on the encoded (tokenized, truncated) document, exactly as the
+model saw it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts import MANIFEST, atomic_directory, output_hashes, read_json, read_manifest, write_json
+from pipeline.config import PipelineConfig
+
+STAGE_VERSION = 1
+
+
+class ExplainError(RuntimeError):
+    """The stage cannot run; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    output_dir: Path
+    summary: dict[str, Any]
+
+
+def _log(message: str) -> None:
+    print(f"explain: {message}", file=sys.stderr, flush=True)
+
+
+def model_outputs(infer, documents: list[list[np.ndarray]], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Per document: probabilities, sentence weights (its sentences only), word weights (its words only).
+
+    ``infer`` is ``pipeline.model.inference_function(model)``; batches are length-sorted and
+    padded to their own maxima.
+    """
+    from pipeline.batching import pad_batch
+
+    sizes = np.asarray([len(doc) * max((len(s) for s in doc), default=1) for doc in documents])
+    order = np.argsort(sizes, kind="stable")
+    results: list[dict[str, np.ndarray] | None] = [None] * len(documents)
+    for start in range(0, len(order), batch_size):
+        members = order[start : start + batch_size]
+        outputs = infer(pad_batch([documents[i] for i in members]))
+        probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
+        sentence_weights = np.asarray(outputs["sentence_weights"], dtype=np.float64)
+        word_weights = np.asarray(outputs["word_weights"], dtype=np.float64)
+        for row, index in enumerate(members):
+            doc = documents[index]
+            results[index] = {
+                "probabilities": probabilities[row],
+                "sentence_weights": sentence_weights[row, : len(doc)],
+                "word_weights": [word_weights[row, j, : len(sentence)] for j, sentence in enumerate(doc)],
+            }
+    return results  # type: ignore[return-value]
+
+
+def probabilities_fn(infer, batch_size: int):
+    """``documents -> probabilities`` for the faithfulness measures."""
+
+    def predict(documents: list[list[np.ndarray]]) -> np.ndarray:
+        return np.stack([out["probabilities"] for out in model_outputs(infer, documents, batch_size)])
+
+    return predict
+
+
+def record(doc_id: str, label: str | None, labels: list[str], sentences: list[str], words: list[list[str]],
+           outputs: dict[str, Any], truncated: bool) -> dict[str, Any]:
+    """One explanation record (the schema in ``pipeline.report``)."""
+    probabilities = outputs["probabilities"]
+    predicted = labels[int(np.argmax(probabilities))]
+    return {
+        "id": doc_id,
+        "label": label,
+        "predicted": predicted,
+        "probabilities": {name: round(float(p), 6) for name, p in zip(labels, probabilities, strict=True)},
+        "confidence": round(float(np.max(probabilities)), 6),
+        "correct": None if label is None else label == predicted,
+        "sentences": [
+            {"text": text, "weight": round(float(weight), 6),
+             "words": [[token, round(float(w), 6)] for token, w in zip(tokens, word_weights, strict=True)]}
+            for text, tokens, weight, word_weights in zip(
+                sentences, words, outputs["sentence_weights"], outputs["word_weights"], strict=True)
+        ],
+        "truncated": truncated,
+    }
+
+
+def _report_selection(explanations: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Misclassified documents first (least confident first), then the rest round-robin over classes."""
+    if len(explanations) <= limit:
+        return explanations
+    wrong = sorted((e for e in explanations if e["correct"] is False), key=lambda e: e["confidence"])
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for e in explanations:
+        if e["correct"] is not False:
+            by_class.setdefault(e["predicted"], []).append(e)
+    chosen = wrong[:limit]
+    queues = list(by_class.values())
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def read_texts(text: str | None, file: str | None) -> tuple[list[str], list[str | None] | None]:
+    """``--text`` or ``--file`` (``.jsonl``: one ``{"text", "label"?}`` per line; else one document)."""
+    from pipeline.predict import read_inputs
+
+    if file is None or not file.endswith(".jsonl"):
+        return read_inputs(text, file), None
+    texts, labels = [], []
+    with open(file, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{file}:{number}: not valid JSON ({err.msg}); each line must be an object "
+                                 'like {"text": "...", "label": "..."}') from None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f'{file}:{number}: needs a "text" field holding a string')
+            texts.append(row["text"])
+            labels.append(row.get("label"))
+    if not texts:
+        raise ValueError(f"{file}: no documents in it")
+    return texts, labels if any(label is not None for label in labels) else None
+
+
+# --------------------------------------------------------------------------- the stage
+def run(config: PipelineConfig, texts: list[str] | None = None, labels_given: list[str | None] | None = None) -> ExplainResult:
+    """Explain the test split (default) or the given raw texts."""
+    train_dir = config.stage_dir("train")
+    if read_manifest(train_dir) is None or not (train_dir / "bundle").is_dir():
+        raise ExplainError(f"no trained model in {train_dir}; run `make train CONFIG=...` (or `make pipeline`) first")
+    if texts is not None:
+        return _explain_texts(config, texts, labels_given)
+    return _explain_test_split(config)
+
+
+def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[str | None] | None) -> ExplainResult:
+    from pipeline.report import class_summary, write_report
+    from pipeline.serving import RawTextClassifier
+
+    classifier = RawTextClassifier.from_directory(config.stage_dir("train") / "bundle")
+    labels = list(classifier.labels)
+    answers = classifier.predict(texts, batch_size=config.explain.batch_size)
+    explanations, errors = [], []
+    for i, answer in enumerate(answers):
+        if answer.get("error"):
+            errors.append({"index": i, "error": answer["error"]})
+            continue
+        truth = labels_given[i] if labels_given else None
+        outputs = {"probabilities": np.asarray([answer["probabilities"][name] for name in labels]),
+                   "sentence_weights": answer["sentence_weights"], "word_weights": answer["word_weights"]}
+        explanations.append(record(f"input-{i + 1}", truth, labels, answer["sentences"], answer["words"], outputs,
+                                   bool(answer.get("truncated"))))
+    if not explanations:
+        raise ExplainError("none of the given texts could be explained: " + "; ".join(e["error"] for e in errors))
+    summary = {"documents": len(explanations), "errors": errors, "labels": labels}
+    out_dir = config.stage_dir("explain-input")
+    with atomic_directory(out_dir) as staging:
+        _write_jsonl(staging / "explanations.jsonl", explanations)
+        summary["class_summary"] = class_summary(explanations, labels, config.explain.top_n)
+        write_report(staging / "report.html", explanations, labels, title=f"{config.name}: attention for the given texts",
+                     summary=summary["class_summary"], notes=[f"{len(explanations)} documents"])
+        write_json(staging / "summary.json", summary)
+    _log(f"wrote {out_dir / 'report.html'} ({len(explanations)} documents)")
+    return ExplainResult(out_dir, summary)
+
+
+def _explain_test_split(config: PipelineConfig) -> ExplainResult:
+    from pipeline.batching import EncodedSplit
+    from pipeline.faithfulness import evidence_hit_rate, faithfulness
+    from pipeline.model import inference_function
+    from pipeline.stages.evaluate import load_model
+    from pipeline.text import TextProcessor
+
+    started = time.perf_counter()
+    prep_dir = config.stage_dir("preprocess")
+    settings = config.explain
+    labels: list[str] = read_json(prep_dir / "labels.json")
+    limits = read_json(prep_dir / "stats.json")["limits"]
+    processor = TextProcessor.load(prep_dir / "text_processor.json")
+    test = EncodedSplit.load(prep_dir / "test.npz")
+    if len(test) == 0:
+        raise ExplainError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
+    rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]
+    documents = test.documents()
+    infer = inference_function(load_model(config.stage_dir("train") / "model.keras"))
+
+    outputs = model_outputs(infer, documents, settings.batch_size)
+    explanations = []
+    for i, (row, doc, out) in enumerate(zip(rows, documents, outputs, strict=True)):
+        sentences = row["sentences"][: len(doc)]
+        words = [processor.tokenizer.tokenize(s)[: limits["max_words"]] for s in sentences]
+        if [len(w) for w in words] != [len(s) for s in doc]:
+            raise ExplainError(f"test document {row['id']} re-tokenizes differently from preprocessing; "
+                               "preprocess again (`make preprocess --force`)")
+        truncated = len(row["sentences"]) > len(doc) or any(len(t) > len(w) for t, w in zip(
+            (processor.tokenizer.tokenize(s) for s in sentences), words, strict=True))
+        explanations.append(record(str(test.ids[i]), row["label"], labels, sentences, words, out, truncated))
+    _log(f"explained {len(explanations):,} test documents in {time.perf_counter() - started:.1f}s")
+
+    rng = np.random.default_rng(config.seed)
+    subset = np.sort(rng.permutation(len(documents))[: settings.faithfulness_documents])
+    measured = time.perf_counter()
+    faith = faithfulness(probabilities_fn(infer, settings.batch_size), [documents[i] for i in subset],
+                         [outputs[i]["sentence_weights"] for i in subset], ks=tuple(settings.ks),
+                         random_draws=settings.random_draws, seed=config.seed)
+    faith["documents_sampled"] = len(subset)
+    evidence = [row.get("meta", {}).get("evidence") for row in rows]
+    if any(e for e in evidence):
+        hits = evidence_hit_rate([out["sentence_weights"] for out in outputs], [e or [] for e in evidence])
+        faith["evidence"] = hits
+        _log(f"evidence hit rate: the top sentence is a planted evidence sentence in {hits['hit_rate']:.1%} "
+             f"of {hits['documents']} documents")
+    _log(_faithfulness_line(faith) + f" ({time.perf_counter() - measured:.1f}s)")
+    return _write(config, explanations, labels, faith, started)
+
+
+def _faithfulness_line(faith: dict[str, Any]) -> str:
+    parts = []
+    for k in faith["ks"]:
+        key = str(k)
+        mine, chance = faith["attention"]["comprehensiveness"][key], faith["random"]["comprehensiveness"][key]
+        if mine is None or chance is None:
+            parts.append(f"k={k}: no document has more than {k} sentences")
+            continue
+        parts.append(f"k={k}: {mine:.3f} vs random {chance:.3f}")
+    return "comprehensiveness (attention vs random) " + ", ".join(parts)
+
+
+def _write(config: PipelineConfig, explanations, labels, faith, started) -> ExplainResult:
+    import mlflow
+
+    from pipeline.faithfulness import flat_metrics, plot_faithfulness
+    from pipeline.report import class_summary, write_report
+    from pipeline.tracking import stage_run
+
+    summary_by_class = class_summary(explanations, labels, config.explain.top_n)
+    accuracy = float(np.mean([e["correct"] for e in explanations]))
+    notes = [f"{len(explanations):,} test documents, accuracy {accuracy:.4f}",
+             _faithfulness_line(faith) + " (ERASER; higher = attention picks sentences the decision depends on)"]
+    if "evidence" in faith:
+        notes.append(f"evidence hit rate {faith['evidence']['hit_rate']:.1%} (demo corpus: top sentence is a planted one)")
+    selection = _report_selection(explanations, config.explain.report_documents)
+    if len(selection) < len(explanations):
+        notes.append(f"the report shows {len(selection):,} of {len(explanations):,} documents (misclassified first); "
+                     "explanations.jsonl holds all")
+    out_dir = config.stage_dir("explain")
+    with atomic_directory(out_dir) as staging:
+        _write_jsonl(staging / "explanations.jsonl", explanations)
+        write_report(staging / "report.html", selection, labels, title=f"{config.name}: what the HAN attended to",
+                     summary=summary_by_class, notes=notes)
+        write_json(staging / "class_summary.json", summary_by_class)
+        write_json(staging / "faithfulness.json", faith)
+        plot_faithfulness(faith, staging / "faithfulness.png")
+        write_json(staging / MANIFEST, {"stage": "explain", "stage_version": STAGE_VERSION,
+                                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "documents": len(explanations), "outputs": output_hashes(staging)})
+    with stage_run(config, "explain"):
+        metrics = flat_metrics(faith)
+        if "evidence" in faith:
+            metrics["faithfulness.evidence_hit_rate"] = float(faith["evidence"]["hit_rate"])
+        mlflow.log_metrics(metrics)
+        for path in sorted(out_dir.iterdir()):
+            if path.is_file():
+                mlflow.log_artifact(str(path), "explain")
+    _log(f"wrote {out_dir / 'report.html'} in {time.perf_counter() - started:.1f}s")
+    return ExplainResult(out_dir, {"documents": len(explanations), "faithfulness": faith, "notes": notes})
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,439 @@
+"""The train stage: fit the HAN on the preprocessed corpus, resumably, and log it to MLflow.
+
+Input: ``artifacts/<name>/preprocess/`` (the encoded splits, vocabulary, labels, text processor).
+Output: ``artifacts/<name>/train/``:
+
+- ``model.keras``: the full model (probabilities + attention weights) with the best epoch's weights;
+- ``bundle/``: the model with everything needed to read raw text (``pipeline.serving``);
+- ``history.json``, ``training_curves.png``, ``manifest.json`` (fingerprint, best epoch, MLflow
+  run id, registered model version).
+
+Batches come from ``tf.data`` (``pipeline.batching``), bucketed by length and padded only to their
+own maxima; the order of each epoch is drawn from ``(seed, epoch)``. After every epoch the stage
+writes a checkpoint to ``artifacts/<name>/train.resume/`` (all model variables, including the
+dropout seed states, the optimizer state, history and early-stopping state); a run that is
+killed, even with ``kill -9``, continues from its last finished epoch on the next start and ends
+with the same weights as an uninterrupted run. Keras' ``BackupAndRestore`` keeps neither the
+dropout seed states nor early-stopping state, so the stage keeps its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts import (
+    MANIFEST,
+    atomic_directory,
+    output_hashes,
+    outputs_intact,
+    read_json,
+    read_manifest,
+    write_json,
+)
+from pipeline.config import PipelineConfig, TrainConfig
+
+STAGE_VERSION = 1
+CHECKPOINT_FORMAT = 1
+
+
+class TrainError(RuntimeError):
+    """The stage cannot run as configured; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    manifest: dict[str, Any]
+    skipped: bool
+
+
+def _log(message: str) -> None:
+    print(f"train: {message}", file=sys.stderr, flush=True)
+
+
+def fingerprint(config: PipelineConfig, preprocess_manifest: dict[str, Any]) -> str:
+    """What the trained model depends on: the encoded data, the seed, the model and train settings."""
+    key = {
+        "stage_version": STAGE_VERSION,
+        "preprocess": preprocess_manifest.get("fingerprint"),
+        "config": config.section_hash("seed", "model", "train"),
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def preprocess_outputs(config: PipelineConfig) -> tuple[Path, dict[str, Any]]:
+    """The preprocess stage's directory and manifest, or a clear error saying how to make them."""
+    directory = config.stage_dir("preprocess")
+    manifest = read_manifest(directory)
+    if manifest is None or not (directory / "train.npz").is_file():
+        raise TrainError(
+            f"no preprocessing outputs in {directory}; run `make preprocess CONFIG=...` "
+            f"(or `python -m pipeline preprocess --config ...`) first, or `make pipeline` for every stage"
+        )
+    return directory, manifest
+
+
+# --------------------------------------------------------------------------- optimizer and weights
+def build_optimizer(train: TrainConfig, steps_per_epoch: int):
+    """The optimizer and learning-rate schedule of ``train`` (schedules step per batch)."""
+    import keras
+
+    rate: Any = train.learning_rate
+    if train.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps=max(1, train.epochs * steps_per_epoch))
+    elif train.schedule == "exponential":
+        rate = keras.optimizers.schedules.ExponentialDecay(
+            train.learning_rate, decay_steps=max(1, steps_per_epoch), decay_rate=train.decay_rate
+        )
+    if train.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=rate, momentum=train.momentum, global_clipnorm=train.clipnorm)
+    return keras.optimizers.Adam(learning_rate=rate, global_clipnorm=train.clipnorm)
+
+
+def current_learning_rate(optimizer) -> float:
+    rate = optimizer.learning_rate
+    return float(np.asarray(rate() if callable(rate) else rate))
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``balanced``: weight_c = n / (classes x count_c), as scikit-learn computes it (absent classes: 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = len(labels) / (present.sum() * counts[present])
+    return weights
+
+
+# --------------------------------------------------------------------------- resumable checkpoints
+class Checkpoints:
+    """Per-epoch checkpoints in ``<artifacts>/<name>/train.resume/``, committed by one atomic rename.
+
+    Each epoch writes a fresh ``epoch-NNNN/`` (``state.npz``: every model and optimizer variable;
+    ``best.npz``: the best epoch's model variables), then replaces ``state.json``, which names
+    it. A kill at any point leaves either the old or the new checkpoint, never half of one.
+    """
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.directory = directory
+        self.fingerprint = fingerprint
+
+    def load(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        state_path = self.directory / "state.json"
+        if not state_path.is_file():
+            return None
+        try:
+            state = read_json(state_path)
+            if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
+                _log(f"ignoring the checkpoint in {self.directory}: it belongs to other data or settings")
+                return None
+            folder = self.directory / state["checkpoint"]
+            with np.load(folder / "state.npz", allow_pickle=False) as current, np.load(folder / "best.npz", allow_pickle=False) as best:
+                return state, dict(current), dict(best)
+        except (OSError, ValueError, KeyError) as err:
+            _log(f"ignoring an unreadable checkpoint in {self.directory} ({err}); starting over")
+            return None
+
+    def save(self, state: dict[str, Any], current: dict[str, np.ndarray], best: dict[str, np.ndarray]) -> None:
+        name = f"epoch-{state['epochs_done']:04d}"
+        folder = self.directory / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        np.savez(folder / "state.npz", **current)
+        np.savez(folder / "best.npz", **best)
+        tmp = self.directory / f"state.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({**state, "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
+                                   "checkpoint": name}, indent=1))
+        os.replace(tmp, self.directory / "state.json")
+        for old in self.directory.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def variables_dict(variables) -> dict[str, np.ndarray]:
+    """Variables by position (``v0000``...): paths can repeat across models, positions cannot."""
+    return {f"v{i:04d}": np.asarray(v.value if hasattr(v, "value") else v) for i, v in enumerate(variables)}
+
+
+def assign_variables(variables, values: dict[str, np.ndarray]) -> None:
+    if len(values) != len(variables):
+        raise TrainError(f"checkpoint holds {len(values)} variables, the model has {len(variables)}; delete the resume folder")
+    for i, variable in enumerate(variables):
+        value = values[f"v{i:04d}"]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise TrainError(f"checkpoint variable {variable.path} has shape {value.shape}, expected {variable.shape}")
+        variable.assign(value)
+
+
+# --------------------------------------------------------------------------- the stage
+def run(config: PipelineConfig, force: bool = False) -> TrainResult:
+    """Train (or resume, or skip when nothing changed) and return where the outputs are."""
+    from pipeline.batching import EncodedSplit
+
+    prep_dir, prep_manifest = preprocess_outputs(config)
+    out_dir = config.stage_dir("train")
+    key = fingerprint(config, prep_manifest)
+    previous = read_manifest(out_dir)
+    if not force and previous and previous.get("fingerprint") == key and outputs_intact(out_dir, previous):
+        _log(f"data and settings unchanged since {previous.get('created')}; nothing to do ({out_dir}; "
+             f"MLflow run {previous.get('mlflow', {}).get('run_id')}). Use --force to train again.")
+        return TrainResult(out_dir, previous, skipped=True)
+    if config.model.multilabel:
+        raise TrainError("model.multilabel=true needs multi-label data, which preprocessing does not produce; "
+                         "set model.multilabel=false")
+
+    labels: list[str] = read_json(prep_dir / "labels.json")
+    train = EncodedSplit.load(prep_dir / "train.npz")
+    validation = EncodedSplit.load(prep_dir / "validation.npz")
+    if len(train) == 0:
+        raise TrainError(f"the training split in {prep_dir} is empty; check preprocess.split")
+    return _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation)
+
+
+def _setup_determinism(config: PipelineConfig) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation) -> TrainResult:
+    import mlflow
+
+    from pipeline.batching import bucketed_batches, document_sizes, make_dataset, padding_efficiency
+    from pipeline.model import build_han, compile_han, load_pretrained_embeddings
+    from pipeline.tracking import stage_run
+
+    settings = config.train
+    started = time.perf_counter()
+    _setup_determinism(config)
+    vocab_tokens: list[str] = read_json(prep_dir / "vocab.json")["tokens"]
+    embedding_matrix = None
+    if config.model.embedding.pretrained_path:
+        embedding_matrix, coverage = load_pretrained_embeddings(
+            config.model.embedding.pretrained_path, vocab_tokens, config.model.embedding.dim, seed=config.seed)
+        _log(f"pretrained embeddings cover {coverage:.1%} of the vocabulary")
+    model = build_han(config.model, vocab_size=len(vocab_tokens), num_classes=len(labels), embedding_matrix=embedding_matrix)
+
+    sentences, longest = document_sizes(train)
+    sizes = sentences * longest
+    steps_per_epoch = len(bucketed_batches(sizes, settings.batch_size, bucket_batches=settings.bucket_batches,
+                                           seed=config.seed, epoch=0))
+    trainer = compile_han(model, config.model, optimizer=build_optimizer(settings, steps_per_epoch))
+    trainer.optimizer.build(trainer.trainable_variables)
+    weights = None
+    if settings.class_weights == "balanced":
+        weights = class_weights(train.labels, len(labels))[train.labels]
+
+    has_validation = len(validation) > 0
+    monitor = settings.early_stopping.monitor if has_validation else settings.early_stopping.monitor.removeprefix("val_")
+    if not has_validation:
+        _log(f"the validation split is empty: early stopping and the best epoch use the training {monitor}")
+    val_dataset = None
+    if has_validation:
+        v_sentences, v_longest = document_sizes(validation)
+        val_dataset = make_dataset(validation, bucketed_batches(v_sentences * v_longest, config.evaluate.batch_size))
+
+    checkpoints = Checkpoints(config.artifacts_dir() / "train.resume", key)
+    state: dict[str, Any] = {"epochs_done": 0, "history": {}, "best_epoch": None, "best_value": None, "wait": 0,
+                             "seconds": 0.0, "stopped_early": False, "runs": []}
+    best_values = variables_dict(model.variables)
+    restored = checkpoints.load() if settings.resume else None
+    if restored is not None:
+        state, current, best_values = restored
+        assign_variables(model.variables, {k: v for k, v in current.items() if k.startswith("v")})
+        assign_variables(trainer.optimizer.variables, {k.removeprefix("opt_"): v for k, v in current.items() if k.startswith("opt_")})
+        _log(f"resuming after epoch {state['epochs_done']} from {checkpoints.directory}")
+    else:
+        checkpoints.clear()
+
+    mode_max = monitor.endswith("accuracy")
+    tags = {"han.fingerprint": key, "han.preprocess_fingerprint": str(prep_manifest.get("fingerprint"))}
+    if state["runs"]:
+        tags["han.resumed_from"] = state["runs"][-1]
+    with stage_run(config, "train", tags) as run:
+        state["runs"].append(run.info.run_id)
+        # A resumed run re-logs the epochs it inherited, so its curves are whole.
+        for epoch_index in range(state["epochs_done"]):
+            mlflow.log_metrics({k: v[epoch_index] for k, v in state["history"].items()}, step=epoch_index + 1)
+        mlflow.log_params({"train.steps_per_epoch": steps_per_epoch, "data.train_documents": len(train),
+                           "data.validation_documents": len(validation), "model.parameters": model.count_params()})
+        _log(f"{len(train):,} training / {len(validation):,} validation documents, {len(labels)} classes, "
+             f"{model.count_params():,} parameters, {steps_per_epoch} batches per epoch of up to {settings.batch_size}")
+
+        for epoch in range(state["epochs_done"], settings.epochs):
+            if state["stopped_early"]:
+                break
+            epoch_started = time.perf_counter()
+            batches = bucketed_batches(sizes, settings.batch_size, bucket_batches=settings.bucket_batches,
+                                       seed=config.seed, epoch=epoch)
+            dataset = make_dataset(train, batches, sample_weights=weights)
+            fit = trainer.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_dataset, verbose=0, shuffle=False,
+                              callbacks=[_BatchProgress(epoch, settings.epochs, len(batches))])
+            logs = {name: float(values[-1]) for name, values in fit.history.items()}
+            logs["learning_rate"] = current_learning_rate(trainer.optimizer)
+            logs["padding_efficiency"] = padding_efficiency(train, batches)
+            for name, value in logs.items():
+                state["history"].setdefault(name, []).append(value)
+            value = logs[monitor]
+            best = state["best_value"]
+            improved = best is None or (value > best + settings.early_stopping.min_delta if mode_max
+                                        else value < best - settings.early_stopping.min_delta)
+            if improved:
+                state.update(best_epoch=epoch + 1, best_value=value, wait=0)
+                best_values = variables_dict(model.variables)
+            else:
+                state["wait"] += 1
+            patience = settings.early_stopping.patience
+            if patience and state["wait"] >= patience:
+                state["stopped_early"] = True
+            state["epochs_done"] = epoch + 1
+            state["seconds"] += time.perf_counter() - epoch_started
+            mlflow.log_metrics(logs, step=epoch + 1)
+            print(_epoch_line(epoch + 1, settings.epochs, logs, time.perf_counter() - epoch_started, improved),
+                  file=sys.stderr, flush=True)
+            current = variables_dict(model.variables)
+            current.update({f"opt_{k}": v for k, v in variables_dict(trainer.optimizer.variables).items()})
+            checkpoints.save(state, current, best_values)
+            if state["stopped_early"]:
+                _log(f"stopping early: {monitor} has not improved for {patience} epochs")
+                break
+
+        assign_variables(model.variables, best_values)
+        result = _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch)
+    checkpoints.clear()
+    _log(f"best epoch {state['best_epoch']} of {state['epochs_done']} ({monitor} {state['best_value']:.4f}); "
+         f"{state['seconds']:.1f}s of training; outputs in {out_dir}")
+    _log(f"total {time.perf_counter() - started:.1f}s in this process")
+    return result
+
+
+def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], seconds: float, improved: bool) -> str:
+    shown = [f"{name} {logs[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy") if name in logs]
+    width = len(str(epochs))
+    return (f"train: epoch {epoch:>{width}}/{epochs}  " + "  ".join(shown)
+            + f"  lr {logs['learning_rate']:.2g}  {seconds:.1f}s" + ("  *best" if improved else ""))
+
+
+class _BatchProgress:
+    """Keras callback: a progress line every 15 s inside long epochs (silent for short ones)."""
+
+    def __new__(cls, epoch: int, epochs: int, steps: int):
+        import keras
+
+        from pipeline.progress import Progress
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch_index, logs=None):
+                self.progress = Progress(f"train: epoch {epoch + 1}/{epochs} batches", total=steps, every_s=15.0)
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.progress.advance(1)
+
+        return Callback()
+
+
+def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch) -> TrainResult:
+    import mlflow
+
+    from pipeline.metrics import plot_training_curves
+    from pipeline.serving import log_raw_text_model, write_bundle
+
+    with atomic_directory(out_dir) as staging:
+        model.save(staging / "model.keras")
+        write_json(staging / "history.json", {"history": state["history"], "best_epoch": state["best_epoch"],
+                                             "monitor": monitor, "best_value": state["best_value"],
+                                             "stopped_early": state["stopped_early"]})
+        plot_training_curves(state["history"], staging / "training_curves.png", best_epoch=state["best_epoch"])
+        write_bundle(staging / "bundle", staging / "model.keras", prep_dir)
+        mlflow.log_artifact(str(staging / "history.json"), "train")
+        mlflow.log_artifact(str(staging / "training_curves.png"), "train")
+        mlflow.log_metrics({"best_epoch": float(state["best_epoch"]), f"best_{monitor}": float(state["best_value"]),
+                            "epochs_run": float(state["epochs_done"]), "train_seconds": float(state["seconds"])})
+        _log_keras_model(model)
+        example = _example_texts(prep_dir)
+        info = log_raw_text_model(staging / "bundle", name="model",
+                                  registered_model_name=config.tracking.registered_model, example_texts=example)
+        version = getattr(info, "registered_model_version", None)
+        if version is not None:
+            client = mlflow.MlflowClient()
+            for tag, value in {"han.pipeline": config.name, "han.train_run_id": run.info.run_id,
+                               "han.fingerprint": key}.items():
+                client.set_model_version_tag(config.tracking.registered_model, str(version), tag, value)
+        manifest = {
+            "stage": "train",
+            "stage_version": STAGE_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "fingerprint": key,
+            "config_hash": config.section_hash("seed", "model", "train"),
+            "preprocess_fingerprint": read_manifest(prep_dir).get("fingerprint"),
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epochs_done"],
+            "stopped_early": state["stopped_early"],
+            "monitor": monitor,
+            "best_value": state["best_value"],
+            "steps_per_epoch": steps_per_epoch,
+            "train_seconds": round(state["seconds"], 3),
+            "mlflow": {
+                "run_id": run.info.run_id,
+                "previous_run_ids": state["runs"][:-1],
+                "model_uri": info.model_uri,
+                "registered_model": config.tracking.registered_model,
+                "registered_version": None if version is None else str(version),
+            },
+            "outputs": {},
+        }
+        manifest["outputs"] = output_hashes(staging)
+        write_json(staging / MANIFEST, manifest)
+        mlflow.log_artifact(str(staging / MANIFEST), "train")
+    return TrainResult(out_dir, manifest, skipped=False)
+
+
+def _log_keras_model(model) -> None:
+    """The Keras model as MLflow's own flavour, with a signature (an input example breaks on Keras 3.15)."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.int32), (-1, -1, -1), "token_ids")]),
+        outputs=Schema([
+            TensorSpec(np.dtype(np.float32), (-1, -1), "probabilities"),
+            TensorSpec(np.dtype(np.float32), (-1, -1), "sentence_weights"),
+            TensorSpec(np.dtype(np.float32), (-1, -1, -1), "word_weights"),
+        ]),
+    )
+    from pipeline.serving import pinned_requirements
+
+    mlflow.keras.log_model(model, name="keras-model", signature=signature,
+                           pip_requirements=pinned_requirements(("tensorflow", "keras", "numpy")))
+
+
+def _example_texts(prep_dir: Path, count: int = 2) -> list[str]:
+    """A few validation (or training) documents as raw-looking text, for the model's input example."""
+    for split in ("validation", "train"):
+        path = prep_dir / f"{split}.documents.jsonl"
+        if path.is_file():
+            rows = []
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    rows.append(" ".join(json.loads(line)["sentences"]))
+                    if len(rows) == count:
+                        break
+            if rows:
+                return rows
+    return ["An example document. It has two sentences."]

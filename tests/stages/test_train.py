@@ -1,0 +1,144 @@
+"""The train stage: outputs, the MLflow run tree, caching, class weights, and resume after ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
+
+from pipeline.__main__ import main
+from pipeline.config import PROJECT_ROOT
+from pipeline.stages import train
+from tests.stages.conftest import SMALL, make_workspace, set_args
+
+
+def test_train_before_preprocessing_says_what_to_run(capsys):
+    assert main(["train", *set_args(SMALL)]) == 2
+    err = capsys.readouterr().err
+    assert "no preprocessing outputs" in err and "make preprocess" in err
+
+
+def test_balanced_class_weights_match_scikit_learn():
+    labels = np.array([0, 0, 0, 1, 2, 2, 0, 1, 0, 0])
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    np.testing.assert_allclose(train.class_weights(labels, 3), expected)
+    assert train.class_weights(labels, 4)[3] == 0.0  # a class with no documents gets no weight
+
+
+def test_outputs_and_manifest(workspace):
+    out = workspace.config.stage_dir("train")
+    manifest = json.loads((out / "manifest.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert manifest["epochs_run"] == 8 == len(history["history"]["loss"])
+    assert manifest["best_epoch"] == history["best_epoch"]
+    assert manifest["best_value"] == min(history["history"]["val_loss"])
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bundle" / "model.keras").is_file()
+    assert not (workspace.config.artifacts_dir() / "train.resume").exists()  # cleared after a finished run
+    assert history["history"]["accuracy"][-1] > 0.8  # it learned (chance is 0.25)
+
+
+def test_mlflow_run_tree_params_metrics_and_models(workspace):
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("demo")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("han.stage") == "pipeline"]
+    assert len(parent) == 1
+    children = {r.data.tags["han.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    assert set(children) == {"preprocess", "train", "evaluate", "explain"}
+    run = children["train"]
+    config = workspace.config.to_dict()
+    assert run.data.params["train.epochs"] == str(config["train"]["epochs"])
+    assert run.data.params["model.word_units"] == "16"
+    assert run.data.params["seed"] == "42"
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 8  # one point per epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 9))
+    paths = {a.path for a in client.list_artifacts(run.info.run_id, "train")}
+    assert {"train/history.json", "train/training_curves.png", "train/manifest.json"} <= paths
+    logged = {m.name: m for m in client.search_logged_models(experiment_ids=[experiment.experiment_id])}
+    assert {"keras-model", "model"} <= set(logged)
+    assert logged["model"].source_run_id == run.info.run_id
+    version = client.get_model_version("han-classifier", "1")
+    assert version.run_id == run.info.run_id
+    assert version.tags["han.train_run_id"] == run.info.run_id
+    assert version.tags["gate.passed"] in {"true", "false"}  # evaluate recorded its verdict on the version
+
+
+def test_unchanged_rerun_is_skipped_and_registers_nothing(workspace, capsys):
+    assert main(["train", *set_args(workspace.overrides)]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert len(mlflow.MlflowClient().search_model_versions("name='han-classifier'")) == 1
+
+
+def _weights(path):
+    import keras
+
+    import pipeline.model  # noqa: F401
+
+    return keras.saving.load_model(path, safe_mode=True).get_weights()
+
+
+def _train_process(env: dict[str, str], overrides: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", *set_args(overrides)], cwd=PROJECT_ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_mid_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    overrides = [*SMALL, "train.epochs=5", "data.demo.num_documents=300"]
+    whole, killed = make_workspace(tmp_path / "whole", overrides), make_workspace(tmp_path / "killed", overrides)
+    for workspace in (whole, killed):
+        workspace.activate(monkeypatch)
+        assert main(["preprocess", *set_args(overrides)]) == 0
+
+    uninterrupted = _train_process(whole.env, overrides)
+    _, err = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, err
+
+    state = tmp_path / "killed" / "artifacts" / "demo" / "train.resume" / "state.json"
+    victim = _train_process(killed.env, overrides)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and victim.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 2:
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, "training finished before it could be killed; make it longer"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    done_when_killed = json.loads(state.read_text())["epochs_done"]
+    assert 2 <= done_when_killed < 5
+
+    resumed = _train_process(killed.env, overrides)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"resuming after epoch {done_when_killed}" in err
+
+    def result(workspace):
+        out = workspace.root / "artifacts" / "demo" / "train"
+        return json.loads((out / "history.json").read_text()), _weights(out / "model.keras")
+
+    (history_a, weights_a), (history_b, weights_b) = result(whole), result(killed)
+    assert history_a == history_b  # every epoch's metrics, bit for bit
+    for a, b in zip(weights_a, weights_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    killed.activate(monkeypatch)
+    runs = mlflow.search_runs(experiment_names=["demo"], filter_string="tags.`han.stage` = 'train'", output_format="list")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 1 and "han.resumed_from" in finished[0].data.tags
+    assert len(mlflow.MlflowClient().get_metric_history(finished[0].info.run_id, "loss")) == 5  # whole curve
+
+
+def test_checkpoint_of_other_settings_is_ignored(tmp_path):
+    checkpoints = train.Checkpoints(tmp_path / "resume", "fingerprint-a")
+    state = {"epochs_done": 1, "history": {}, "best_epoch": 1, "best_value": 0.5, "wait": 0}
+    checkpoints.save(state, {"v0000": np.ones(3)}, {"v0000": np.zeros(3)})
+    assert checkpoints.load()[0]["epochs_done"] == 1
+    assert train.Checkpoints(tmp_path / "resume", "fingerprint-b").load() is None
+    (tmp_path / "resume" / "state.json").write_text("{broken")
+    assert checkpoints.load() is None
