@@ -447,3 +447,37 @@ def inference_function(model: keras.Model):
         return model(token_ids, training=False)
 
     return infer
+
+
+def load_han(path: str | Path) -> keras.Model:
+    """A saved HAN (``.keras``), loaded with ``safe_mode=True`` (no arbitrary code runs)."""
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Run ``infer`` (``inference_function(model)``) over documents; one result per document, in order.
+
+    Documents are sorted by size (sentences x longest sentence) and padded per batch to the
+    batch's own maxima. Each result holds ``probabilities``, ``sentence_weights`` (its sentences
+    only) and ``word_weights`` (its words only); padding gets exactly 0 weight, so the kept
+    weights still sum to 1.
+    """
+    from pipeline.batching import pad_batch
+
+    sizes = np.asarray([len(doc) * max((len(s) for s in doc), default=1) for doc in documents])
+    order = np.argsort(sizes, kind="stable")
+    results: list[dict[str, np.ndarray]] = [{} for _ in documents]
+    for start in range(0, len(order), batch_size):
+        members = order[start : start + batch_size]
+        outputs = infer(pad_batch([documents[i] for i in members]))
+        probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
+        sentence_weights = np.asarray(outputs["sentence_weights"], dtype=np.float64)
+        word_weights = np.asarray(outputs["word_weights"], dtype=np.float64)
+        for row, index in enumerate(members):
+            doc = documents[index]
+            results[index] = {
+                "probabilities": probabilities[row],
+                "sentence_weights": sentence_weights[row, : len(doc)],
+                "word_weights": [word_weights[row, j, : len(sentence)] for j, sentence in enumerate(doc)],
+            }
+    return results

@@ -40,10 +40,11 @@ def predict(config: PipelineConfig, texts: list[str], model_uri: str | None = No
         import mlflow
         import pandas as pd
 
+        from pipeline.serving import load_raw_text_model
         from pipeline.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri())
-        frame = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": texts}))
+        frame = load_raw_text_model(model_uri).predict(pd.DataFrame({"text": texts}))
         return frame.to_dict(orient="records")
     from pipeline.serving import RawTextClassifier
 

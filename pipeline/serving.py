@@ -100,9 +100,7 @@ class RawTextClassifier:
     @classmethod
     def from_directory(cls, bundle_dir: str | Path) -> RawTextClassifier:
         """Load a bundle written by ``write_bundle`` (Keras model loaded with ``safe_mode=True``)."""
-        import keras
-
-        import pipeline.model  # noqa: F401  (registers the HAN layers for loading)
+        from pipeline.model import load_han
         from pipeline.text import TextProcessor
         from pipeline.vocab import Vocabulary
 
@@ -111,7 +109,7 @@ class RawTextClassifier:
         if missing:
             raise FileNotFoundError(f"model bundle {bundle_dir} lacks {', '.join(missing)}; train again to rebuild it")
         limits = read_json(bundle_dir / "limits.json")
-        return cls(keras.saving.load_model(bundle_dir / "model.keras", safe_mode=True),
+        return cls(load_han(bundle_dir / "model.keras"),
                    TextProcessor.load(bundle_dir / "text_processor.json"), Vocabulary.load(bundle_dir / "vocab.json"),
                    list(read_json(bundle_dir / "labels.json")), int(limits["max_sentences"]), int(limits["max_words"]))
 
@@ -152,36 +150,29 @@ class RawTextClassifier:
         A text that is not a string, is empty or has no words gets ``label`` None, empty
         containers and an ``error``; the other texts still get their answers.
         """
-        from pipeline.batching import pad_batch
-
         if isinstance(texts, str):
             raise TypeError("predict takes a sequence of texts; wrap a single text in a list")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        from pipeline.model import document_outputs
+
         readings = [self.read(text) for text in texts]
         results = [_failed(error) if error else None for *_, error in readings]
-        documents = {i: self._ids(reading[1]) for i, reading in enumerate(readings) if reading[3] is None}
-        # Similar sizes share a batch, so padding (sentences x longest sentence) stays small.
-        order = sorted(documents, key=lambda i: (len(documents[i]), max(len(s) for s in documents[i])))
-        for start in range(0, len(order), batch_size):
-            members = order[start : start + batch_size]
-            outputs = self.infer(pad_batch([documents[i] for i in members]))
-            probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
-            sentence_weights = np.asarray(outputs["sentence_weights"], dtype=np.float64)
-            word_weights = np.asarray(outputs["word_weights"], dtype=np.float64)
-            for row, i in enumerate(members):
-                sentences, tokens, truncated, _ = readings[i]
-                results[i] = {
-                    "label": self.labels[int(np.argmax(probabilities[row]))],
-                    "probabilities": {label: float(p) for label, p in zip(self.labels, probabilities[row], strict=True)},
-                    "sentences": list(sentences),
-                    # Padding gets exactly 0 weight, so the kept weights still sum to 1.
-                    "sentence_weights": sentence_weights[row, : len(tokens)].tolist(),
-                    "words": [list(t) for t in tokens],
-                    "word_weights": [word_weights[row, j, : len(t)].tolist() for j, t in enumerate(tokens)],
-                    "truncated": bool(truncated),
-                    "error": None,
-                }
+        readable = [i for i, reading in enumerate(readings) if reading[3] is None]
+        outputs = document_outputs(self.infer, [self._ids(readings[i][1]) for i in readable], batch_size)
+        for i, output in zip(readable, outputs, strict=True):
+            sentences, tokens, truncated, _ = readings[i]
+            probabilities = output["probabilities"]
+            results[i] = {
+                "label": self.labels[int(np.argmax(probabilities))],
+                "probabilities": {label: float(p) for label, p in zip(self.labels, probabilities, strict=True)},
+                "sentences": list(sentences),
+                "sentence_weights": output["sentence_weights"].tolist(),
+                "words": [list(t) for t in tokens],
+                "word_weights": [weights.tolist() for weights in output["word_weights"]],
+                "truncated": bool(truncated),
+                "error": None,
+            }
         return results
 
 

@@ -52,37 +52,12 @@ def _log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- predictions
-def load_model(path: Path):
-    """A saved HAN (``.keras``), loaded safely (no arbitrary code)."""
-    import keras
+def predict_probabilities(model, split, batch_size: int) -> np.ndarray:
+    """``(documents, classes)`` probabilities of the model over an encoded split, in document order."""
+    from pipeline.model import document_outputs, inference_function
 
-    import pipeline.model  # noqa: F401  (registers the HAN layers)
-
-    return keras.saving.load_model(path, safe_mode=True)
-
-
-def predict_split(model, split, batch_size: int) -> dict[str, np.ndarray]:
-    """Run the model over a split batch by batch (length-sorted), outputs back in document order.
-
-    Returns ``probabilities`` ``(documents, classes)``; attention weights stay per batch and are
-    not kept here (the explain stage reads them).
-    """
-    from pipeline.batching import bucketed_batches, document_sizes, pad_batch
-    from pipeline.model import inference_function
-
-    infer = inference_function(model)
-    documents = split.documents()
-    sentences, longest = document_sizes(split)
-    probabilities: np.ndarray | None = None
-    for batch in bucketed_batches(sentences * longest, batch_size):
-        outputs = infer(pad_batch([documents[i] for i in batch]))
-        values = np.asarray(outputs["probabilities"], dtype=np.float64)
-        if probabilities is None:
-            probabilities = np.zeros((len(split), values.shape[1]))
-        probabilities[batch] = values
-    if probabilities is None:
-        raise EvaluateError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
-    return {"probabilities": probabilities}
+    outputs = document_outputs(inference_function(model), split.documents(), batch_size)
+    return np.stack([out["probabilities"] for out in outputs])
 
 
 def token_texts(split, vocab_tokens: list[str]) -> list[str]:
@@ -177,6 +152,7 @@ def _reason(check: dict[str, Any]) -> str:
 def run(config: PipelineConfig) -> EvaluateResult:
     from pipeline.batching import EncodedSplit
     from pipeline.metrics import classification_metrics, tfidf_baseline
+    from pipeline.model import load_han
 
     prep_dir = config.stage_dir("preprocess")
     train_dir = config.stage_dir("train")
@@ -192,8 +168,7 @@ def run(config: PipelineConfig) -> EvaluateResult:
         raise EvaluateError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
     settings = config.evaluate
 
-    model = load_model(train_dir / "model.keras")
-    probabilities = predict_split(model, test, settings.batch_size)["probabilities"]
+    probabilities = predict_probabilities(load_han(train_dir / "model.keras"), test, settings.batch_size)
     metrics = classification_metrics(test.labels, probabilities, labels, settings.calibration_bins)
     _log(f"HAN on {len(test):,} test documents: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
          f"ECE {metrics['ece']:.4f}")

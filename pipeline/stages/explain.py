@@ -47,38 +47,13 @@ def _log(message: str) -> None:
     print(f"explain: {message}", file=sys.stderr, flush=True)
 
 
-def model_outputs(infer, documents: list[list[np.ndarray]], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Per document: probabilities, sentence weights (its sentences only), word weights (its words only).
-
-    ``infer`` is ``pipeline.model.inference_function(model)``; batches are length-sorted and
-    padded to their own maxima.
-    """
-    from pipeline.batching import pad_batch
-
-    sizes = np.asarray([len(doc) * max((len(s) for s in doc), default=1) for doc in documents])
-    order = np.argsort(sizes, kind="stable")
-    results: list[dict[str, np.ndarray] | None] = [None] * len(documents)
-    for start in range(0, len(order), batch_size):
-        members = order[start : start + batch_size]
-        outputs = infer(pad_batch([documents[i] for i in members]))
-        probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
-        sentence_weights = np.asarray(outputs["sentence_weights"], dtype=np.float64)
-        word_weights = np.asarray(outputs["word_weights"], dtype=np.float64)
-        for row, index in enumerate(members):
-            doc = documents[index]
-            results[index] = {
-                "probabilities": probabilities[row],
-                "sentence_weights": sentence_weights[row, : len(doc)],
-                "word_weights": [word_weights[row, j, : len(sentence)] for j, sentence in enumerate(doc)],
-            }
-    return results  # type: ignore[return-value]
-
-
 def probabilities_fn(infer, batch_size: int):
     """``documents -> probabilities`` for the faithfulness measures."""
 
+    from pipeline.model import document_outputs
+
     def predict(documents: list[list[np.ndarray]]) -> np.ndarray:
-        return np.stack([out["probabilities"] for out in model_outputs(infer, documents, batch_size)])
+        return np.stack([out["probabilities"] for out in document_outputs(infer, documents, batch_size)])
 
     return predict
 
@@ -193,8 +168,7 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
 def _explain_test_split(config: PipelineConfig) -> ExplainResult:
     from pipeline.batching import EncodedSplit
     from pipeline.faithfulness import evidence_hit_rate, faithfulness
-    from pipeline.model import inference_function
-    from pipeline.stages.evaluate import load_model
+    from pipeline.model import document_outputs, inference_function, load_han
     from pipeline.text import TextProcessor
 
     started = time.perf_counter()
@@ -208,9 +182,9 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
         raise ExplainError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
     rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]
     documents = test.documents()
-    infer = inference_function(load_model(config.stage_dir("train") / "model.keras"))
+    infer = inference_function(load_han(config.stage_dir("train") / "model.keras"))
 
-    outputs = model_outputs(infer, documents, settings.batch_size)
+    outputs = document_outputs(infer, documents, settings.batch_size)
     explanations = []
     for i, (row, doc, out) in enumerate(zip(rows, documents, outputs, strict=True)):
         sentences = row["sentences"][: len(doc)]
