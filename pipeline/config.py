@@ -206,7 +206,31 @@ class ExplainConfig(_Strict):
 
 class TrackingConfig(_Strict):
     experiment: str | None = None
-    registered_model: str = "han-classifier"
+    registered_model: str = Field("han-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class RetrainConfig(_Strict):
+    """The scheduled retraining DAG (``dags/retrain.py``)."""
+
+    dag_id: str = Field("han_retrain", pattern=r"^[A-Za-z0-9_.-]+$")
+    schedule: str | None = Field("@weekly", description="cron expression or preset (@daily, @weekly); null: manual only")
+    start_date: str = Field("2026-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="first logical date (UTC)")
+    retries: int = Field(2, ge=0, le=20)
+    retry_delay_seconds: float = Field(300.0, gt=0)
+    max_retry_delay_seconds: float = Field(3600.0, gt=0, description="cap of the exponential backoff")
+    explain: bool = Field(True, description="write the attention report of the new model after promotion")
+
+
+class ServeConfig(_Strict):
+    """``make serve``: the REST endpoint of the champion (``mlflow models serve``)."""
+
+    host: str = Field("127.0.0.1", description="loopback only unless you mean to expose it")
+    port: int = Field(5001, ge=1, le=65535)
+    alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$")
+    workers: int = Field(1, ge=1, le=64)
+    timeout_seconds: int = Field(60, ge=1, description="a request running longer gets 504")
+    max_texts: int = Field(1000, ge=1, description="texts per request; more gets 400")
+    max_characters: int = Field(10_000_000, ge=1, description="characters of text per request; more gets 400")
 
 
 class PipelineConfig(_Strict):
@@ -221,6 +245,8 @@ class PipelineConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     # ----------------------------------------------------------------- derived values
     def resolved_data_path(self) -> Path | None:

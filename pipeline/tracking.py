@@ -88,3 +88,29 @@ def pipeline_run(config: PipelineConfig, stages: list[str]) -> Iterator[Any]:
 def run_url(run: Any) -> str:
     """Where a run is found in the MLflow UI started by ``make ui`` (default port)."""
     return f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+@contextlib.contextmanager
+def scheduled_run(config: PipelineConfig, key: str, tags: Mapping[str, str]) -> Iterator[Any]:
+    """The parent run of one scheduled (Airflow) pipeline run, reopened by each of its tasks.
+
+    ``key`` (the DAG run id) finds the run again, so the stages of one DAG run nest under one
+    parent in the MLflow UI wherever and however often (retries) their tasks run.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    _use_experiment(mlflow, config.tracking.experiment or config.name, uri)
+    experiment = mlflow.get_experiment_by_name(config.tracking.experiment or config.name)
+    escaped = key.replace("'", "\\'")
+    found = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`han.schedule_key` = '{escaped}'",
+                               output_format="list", max_results=1)
+    if found:
+        with mlflow.start_run(run_id=found[0].info.run_id) as run:
+            yield run
+        return
+    all_tags = {"han.stage": "pipeline", "han.pipeline": config.name, "han.schedule_key": key, **tags}
+    with mlflow.start_run(run_name=f"retrain-{config.name}", tags=all_tags) as run:
+        mlflow.log_params(flatten(config.to_dict()))
+        yield run

@@ -261,6 +261,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     else:
         checkpoints.clear()
 
+    _close_dead_attempts(state["runs"])
     mode_max = monitor.endswith("accuracy")
     tags = {"han.fingerprint": key, "han.preprocess_fingerprint": str(prep_manifest.get("fingerprint"))}
     if state["runs"]:
@@ -322,6 +323,39 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     return result
 
 
+def _close_dead_attempts(run_ids: list[str]) -> None:
+    """Runs of earlier attempts that died (kill -9, a lost node) stay RUNNING in MLflow: mark them KILLED."""
+    import mlflow
+
+    from pipeline.tracking import tracking_uri
+
+    if not run_ids:
+        return
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
+                _log(f"marked the interrupted attempt's MLflow run {run_id} as KILLED")
+        except mlflow.exceptions.MlflowException:
+            continue  # not in this store (the tracking URI changed): nothing to close
+
+
+def _version_of_earlier_attempt(name: str | None, run_ids: list[str]):
+    """The registered version logged by one of ``run_ids`` (earlier attempts of this training), if any."""
+    if not name or not run_ids:
+        return None
+    import mlflow
+
+    quoted = ", ".join(f"'{run_id}'" for run_id in run_ids)
+    try:
+        found = mlflow.MlflowClient().search_model_versions(f"name = '{name}' and run_id IN ({quoted})")
+    except mlflow.exceptions.MlflowException:
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
 def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], seconds: float, improved: bool) -> str:
     shown = [f"{name} {logs[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy") if name in logs]
     width = len(str(epochs))
@@ -365,11 +399,20 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
         mlflow.log_metrics({"best_epoch": float(state["best_epoch"]), f"best_{monitor}": float(state["best_value"]),
                             "epochs_run": float(state["epochs_done"]), "train_seconds": float(state["seconds"])})
         _log_keras_model(model)
-        example = _example_texts(prep_dir)
-        info = log_raw_text_model(staging / "bundle", name="model",
-                                  registered_model_name=config.tracking.registered_model, example_texts=example)
-        version = getattr(info, "registered_model_version", None)
-        if version is not None:
+        earlier = _version_of_earlier_attempt(config.tracking.registered_model, state["runs"][:-1])
+        if earlier is not None:
+            # An earlier attempt of this same training registered the model, then died before its
+            # outputs were in place: reuse that version rather than register a duplicate.
+            _log(f"version {earlier.version} of {config.tracking.registered_model} was registered by an earlier "
+                 f"attempt (run {earlier.run_id}); reusing it")
+            model_uri, version = earlier.source, str(earlier.version)
+            mlflow.set_tag("han.model_version_reused", version)
+        else:
+            info = log_raw_text_model(staging / "bundle", name="model",
+                                      registered_model_name=config.tracking.registered_model,
+                                      example_texts=_example_texts(prep_dir))
+            model_uri, version = info.model_uri, getattr(info, "registered_model_version", None)
+        if version is not None and earlier is None:
             client = mlflow.MlflowClient()
             for tag, value in {"han.pipeline": config.name, "han.train_run_id": run.info.run_id,
                                "han.fingerprint": key}.items():
@@ -391,7 +434,7 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
             "mlflow": {
                 "run_id": run.info.run_id,
                 "previous_run_ids": state["runs"][:-1],
-                "model_uri": info.model_uri,
+                "model_uri": model_uri,
                 "registered_model": config.tracking.registered_model,
                 "registered_version": None if version is None else str(version),
             },

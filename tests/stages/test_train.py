@@ -52,7 +52,7 @@ def test_mlflow_run_tree_params_metrics_and_models(workspace):
     parent = [r for r in runs if r.data.tags.get("han.stage") == "pipeline"]
     assert len(parent) == 1
     children = {r.data.tags["han.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
-    assert set(children) == {"preprocess", "train", "evaluate", "explain"}
+    assert set(children) == {"preprocess", "train", "evaluate", "promote", "explain"}
     run = children["train"]
     config = workspace.config.to_dict()
     assert run.data.params["train.epochs"] == str(config["train"]["epochs"])
