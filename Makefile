@@ -14,7 +14,7 @@ STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install pipeline run preprocess train evaluate explain predict test test-slow bench lint ui clean
+.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve dag-test test test-slow bench lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -28,7 +28,7 @@ $(STAMP): requirements.txt
 
 install: $(STAMP) ## create or refresh .venv from requirements.txt (every target does this first)
 
-pipeline: $(STAMP) ## the main job: preprocess -> train -> evaluate -> explain on CONFIG (default: demo corpus)
+pipeline: $(STAMP) ## the main job: preprocess -> train -> evaluate -> promote -> explain on CONFIG (default: demo corpus)
 	$(PY) -m pipeline run $(STAGE_ARGS)
 
 run: pipeline ## same as pipeline
@@ -42,11 +42,20 @@ train: $(STAMP) ## train the HAN on CONFIG's preprocessed corpus
 evaluate: $(STAMP) ## evaluate the trained model on the test split, with a baseline and the gate
 	$(PY) -m pipeline evaluate $(STAGE_ARGS)
 
+promote: $(STAMP) ## make the evaluated model the challenger, and the champion when its gate passed
+	$(PY) -m pipeline promote $(STAGE_ARGS)
+
 explain: $(STAMP) ## write attention explanations, the HTML report and faithfulness metrics
 	$(PY) -m pipeline explain $(STAGE_ARGS)
 
 predict: $(STAMP) ## classify TEXT="..." with the trained model of CONFIG
 	$(PY) -m pipeline predict $(STAGE_ARGS) --explain "$(TEXT)"
+
+serve: $(STAMP) ## serve models:/han-classifier@champion over REST on 127.0.0.1 (SET="serve.port=8080")
+	$(PY) -m pipeline serve $(STAGE_ARGS)
+
+dag-test: $(STAMP) ## run the Airflow retraining DAG once (airflow dags test, temporary AIRFLOW_HOME)
+	$(PY) -m pipeline.dagtest $(STAGE_ARGS)
 
 test: $(STAMP) ## run the test suite (fast; what CI runs)
 	$(PY) -m pytest -q

@@ -33,6 +33,7 @@ EPILOG = textwrap.dedent(
       python -m pipeline train --set train.epochs=5 --set train.optimizer=sgd
       python -m pipeline predict --explain "Some text. Several sentences."
       python -m pipeline predict --file doc.txt --model models:/han-classifier@champion
+      python -m pipeline serve --set serve.port=8080
     """
 )
 
@@ -40,9 +41,11 @@ STAGE_HELP = {
     "preprocess": "read, validate/quarantine, split, sentence-split, tokenize and encode the corpus",
     "train": "train the HAN on the preprocessed corpus (logs to MLflow)",
     "evaluate": "score the trained model on the test split against a TF-IDF baseline, apply the gate",
+    "promote": "make the evaluated model the registry's challenger, and the champion when its gate passed",
     "explain": "write per-document attention explanations, an HTML report and faithfulness metrics",
-    "run": "the whole pipeline: preprocess -> train -> evaluate -> explain",
+    "run": "the whole pipeline: preprocess -> train -> evaluate -> promote -> explain",
     "predict": "classify raw text (with --explain: show the sentences the model attended to)",
+    "serve": "serve the champion over REST with `mlflow models serve` on 127.0.0.1 (serve.port, default 5001)",
 }
 
 def cmd_preprocess(config: PipelineConfig, args: argparse.Namespace) -> int:
@@ -82,6 +85,30 @@ def cmd_evaluate(config: PipelineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline.stages import promote
+
+    result = promote.run(config)
+    decision = result.decision
+    print(f"promote: {decision['registered_model']} version {decision['version']}: {decision['verdict']}; "
+          f"champion {decision['champion_after'] or 'none'}, challenger {decision['challenger']}"
+          f"{' (already decided, nothing changed)' if result.skipped else ''}")
+    return 0
+
+
+def cmd_serve(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline.serve import serve_command
+
+    command = serve_command(config)
+    print(f"serve: {command.model_uri} (version {command.version}) at {command.url}/invocations", flush=True)
+    print(f"serve: try  curl -s {command.url}/invocations -H 'Content-Type: application/json' "
+          """-d '{"dataframe_records": [{"text": "First sentence. Second one."}]}'""", flush=True)
+    if args.print_command:
+        print(" ".join(command.argv))
+        return 0
+    os.execve(command.argv[0], command.argv, command.env)  # the server replaces this process (Ctrl-C stops it)
+
+
 def cmd_explain(config: PipelineConfig, args: argparse.Namespace) -> int:
     from pipeline.stages import explain
 
@@ -106,10 +133,10 @@ def cmd_predict(config: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_run(config: PipelineConfig, args: argparse.Namespace) -> int:
-    """preprocess -> train -> evaluate (-> explain), nested under one MLflow pipeline run."""
+    """preprocess -> train -> evaluate -> promote -> explain, nested under one MLflow pipeline run."""
     from pipeline.tracking import pipeline_run, run_url
 
-    stages = ["preprocess", "train", "evaluate", "explain"]
+    stages = ["preprocess", "train", "evaluate", "promote", "explain"]
     with pipeline_run(config, stages) as run:
         for stage in stages:
             COMMANDS[stage](config, args)
@@ -122,9 +149,11 @@ COMMANDS: dict[str, Callable[[PipelineConfig, argparse.Namespace], int]] = {
     "preprocess": cmd_preprocess,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "promote": cmd_promote,
     "explain": cmd_explain,
     "run": cmd_run,
     "predict": cmd_predict,
+    "serve": cmd_serve,
 }
 
 
@@ -156,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--model", metavar="URI",
                                help="an MLflow model URI, e.g. models:/han-classifier@champion "
                                     "(default: the model of the last train stage of --config)")
+        if name == "serve":
+            stage.add_argument("--print-command", action="store_true",
+                               help="print the mlflow models serve command line instead of running it")
     return parser
 
 
