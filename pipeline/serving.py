@@ -22,6 +22,7 @@ Each answer is a dict (one DataFrame row for the pyfunc model) with ``OUTPUT_COL
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import warnings
@@ -40,6 +41,9 @@ OUTPUT_COLUMNS = ("label", "probabilities", "sentences", "sentence_weights", "wo
 # What the served model needs at run time (the pins come from requirements.txt).
 RUNTIME_PACKAGES = ("tensorflow", "keras", "mlflow", "nltk", "numpy", "pandas", "pydantic", "PyYAML")
 DEFAULT_BATCH_SIZE = 32
+# Request limits of the served model (``make serve`` sets them from the config's ``serve`` section).
+MAX_TEXTS_ENV, MAX_CHARACTERS_ENV = "HAN_SERVE_MAX_TEXTS", "HAN_SERVE_MAX_CHARACTERS"
+DEFAULT_MAX_TEXTS, DEFAULT_MAX_CHARACTERS = 1000, 10_000_000
 
 # The package logged as the model's code (``code_paths``), and the models-from-code entry point.
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -123,13 +127,28 @@ class RawTextClassifier:
             return [], [], False, f"text must be a string, got {type(text).__name__}"
         if not text.strip():
             return [], [], False, "empty text"
-        sentences, tokens = self.processor.sentences_and_tokens(text)
+        sentences, tokens = self._leading_sentences(text)
         # The same rule as preprocessing's no_tokens quarantine: some token must have a letter or digit.
         if not any(ch.isalnum() for sentence in tokens for token in sentence for ch in token):
             return [], [], False, "no words in the text (only punctuation or symbols)"
         kept = tokens[: self.max_sentences]
         truncated = len(tokens) > self.max_sentences or any(len(t) > self.max_words for t in kept)
         return sentences[: self.max_sentences], [t[: self.max_words] for t in kept], truncated, None
+
+    def _leading_sentences(self, text: str) -> tuple[list[str], list[list[str]]]:
+        """``sentences_and_tokens`` of as much of ``text`` as the model reads.
+
+        The model reads only the first ``max_sentences`` sentences, so a long text is split from a
+        prefix that grows (x4) until it holds more than ``max_sentences`` sentences: those first
+        ones, and the boundary after them, are then exactly what splitting the whole text gives,
+        and a million-sentence text costs what a short one does.
+        """
+        budget = self.max_sentences * self.max_words * 16
+        while True:
+            sentences, tokens = self.processor.sentences_and_tokens(text[:budget])
+            if budget >= len(text) or len(tokens) > self.max_sentences:
+                return sentences, tokens
+            budget *= 4
 
     def _ids(self, tokens: list[list[str]]) -> list[np.ndarray]:
         return [np.asarray(self.vocab.encode(sentence), dtype=np.int32) for sentence in tokens]
@@ -236,11 +255,48 @@ class HANTextModel(_PythonModel):
         if self.classifier is None:
             raise RuntimeError("HANTextModel has no classifier: load it with mlflow.pyfunc.load_model "
                                "or pass HANTextModel(RawTextClassifier.from_directory(bundle))")
-        batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
-        if batch_size is None:
-            batch_size = DEFAULT_BATCH_SIZE
-        results = self.classifier.predict(texts_from_input(model_input), batch_size=int(batch_size))
-        return results_frame(results)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
+            batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+            if batch_size < 1:
+                raise ValueError(f"the param batch_size must be a positive integer, got {batch_size}")
+            texts = texts_from_input(model_input)
+            check_request_size(texts)
+            return results_frame(self.classifier.predict(texts, batch_size=batch_size))
+        except MlflowException:
+            raise
+        except (ValueError, TypeError) as err:
+            # A clear 400 over REST (MLflow turns other exceptions into a stack trace).
+            raise MlflowException.invalid_parameter_value(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - a server must answer, never leak a traceback
+            raise MlflowException(f"the model failed on this input ({type(err).__name__}: {str(err)[:500]})") from None
+
+
+def request_limits() -> tuple[int, int]:
+    """(max texts, max characters) per request, from ``HAN_SERVE_MAX_TEXTS`` / ``HAN_SERVE_MAX_CHARACTERS``."""
+    limits = []
+    for name, default in ((MAX_TEXTS_ENV, DEFAULT_MAX_TEXTS), (MAX_CHARACTERS_ENV, DEFAULT_MAX_CHARACTERS)):
+        raw = os.environ.get(name)
+        try:
+            value = default if raw in (None, "") else int(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not an integer") from None
+        limits.append(value)
+    return limits[0], limits[1]
+
+
+def check_request_size(texts: Sequence[Any]) -> None:
+    """Refuse a request over the limits, saying which limit and what to do (a ValueError)."""
+    max_texts, max_characters = request_limits()
+    if len(texts) > max_texts:
+        raise ValueError(f"the request has {len(texts):,} texts, more than the limit of {max_texts:,} per request "
+                         f"({MAX_TEXTS_ENV}, serve.max_texts); send them in smaller batches")
+    characters = sum(len(t) for t in texts if isinstance(t, str))
+    if characters > max_characters:
+        raise ValueError(f"the request has {characters:,} characters of text, more than the limit of "
+                         f"{max_characters:,} ({MAX_CHARACTERS_ENV}, serve.max_characters); send fewer or shorter texts")
 
 
 def results_frame(results: list[dict[str, Any]]) -> pd.DataFrame:

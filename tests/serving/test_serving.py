@@ -145,6 +145,20 @@ def test_weights_align_with_what_the_model_read_and_truncation_is_reported(bundl
     assert short["truncated"] is False and len(short["sentences"]) == 2
 
 
+def test_a_huge_text_is_split_only_as_far_as_the_model_reads(bundle):
+    """The growing-prefix split gives exactly what splitting the whole text gives, for what is read."""
+    classifier = bundle["classifier"]
+    huge = "\n\n".join(bundle["texts"][:40] * 50)  # ~2,000 documents' worth in one text
+    sentences, tokens = classifier.processor.sentences_and_tokens(huge)
+    result = classifier.predict([huge])[0]
+    assert result["sentences"] == sentences[:MAX_SENTENCES]
+    assert result["words"] == [t[: classifier.max_words] for t in tokens[:MAX_SENTENCES]]
+    assert result["truncated"] is True
+    for size in range(len(bundle["texts"][0]) - 5, len(bundle["texts"][0]) + 1):  # prefixes ending anywhere
+        text = bundle["texts"][0][:size]
+        assert classifier.read(text)[:2] == tuple(x[:MAX_SENTENCES] for x in classifier.processor.sentences_and_tokens(text))
+
+
 # --------------------------------------------------------------------------- (5) bad input
 def test_bad_rows_get_reasons_and_the_others_get_answers(bundle):
     classifier = bundle["classifier"]
@@ -170,8 +184,11 @@ def test_bad_rows_get_reasons_and_the_others_get_answers(bundle):
 
 
 def test_pyfunc_wrapper_input_forms_and_a_clear_error_without_a_text_column(bundle):
+    from mlflow.exceptions import MlflowException
+
     model = HANTextModel(bundle["classifier"])
-    with pytest.raises(ValueError, match=r"needs a 'text' column.*\['body', 'id'\].*pd\.DataFrame\(\{'text'"):
+    # MlflowException(INVALID_PARAMETER_VALUE): a 400 with this message over REST, not a stack trace.
+    with pytest.raises(MlflowException, match=r"needs a 'text' column.*\['body', 'id'\].*pd\.DataFrame\(\{'text'"):
         model.predict(None, pd.DataFrame({"body": ["x"], "id": [1]}))
     texts = bundle["texts"][:3]
     frame = model.predict(None, pd.DataFrame({"text": [texts[0], "", None, texts[1], texts[2]]}), params={"batch_size": 2})
@@ -183,8 +200,10 @@ def test_pyfunc_wrapper_input_forms_and_a_clear_error_without_a_text_column(bund
     for other in (texts, {"text": texts}, pd.DataFrame({"text": [texts]})):  # the last: how MLflow packs a dict
         again = model.predict(None, other)
         assert again["label"].tolist() == [labels[0], labels[3], labels[4]]
-    with pytest.raises(ValueError, match="'text' key"):
+    with pytest.raises(MlflowException, match="'text' key"):
         model.predict(None, {"body": texts})
+    with pytest.raises(MlflowException, match="batch_size must be a positive integer"):
+        model.predict(None, texts, params={"batch_size": 0})
 
 
 def test_pins_come_from_requirements():
