@@ -85,6 +85,9 @@ class AttentionPooling(keras.layers.Layer):
         hard_training: ``"straight_through"`` or ``"gumbel"``: how ``"hard"`` mode trains.
         gumbel_temperature: Temperature of the relaxed softmax in ``"gumbel"`` training.
         local_window: Half-width ``D`` of the ``"local"`` window (``0``: the argmax only).
+        entropy_penalty: ``λ >= 0``; in training, adds ``λ`` x the mean normalised entropy of the
+            weights (``normalized_entropy``) to the model's loss: sharper attention, which puts
+            the evidence in fewer positions (0, the default: the paper's plain softmax).
         seed: Seed of the Gumbel noise (only used by ``hard`` + ``gumbel``).
 
     Call arguments:
@@ -92,7 +95,7 @@ class AttentionPooling(keras.layers.Layer):
         mask: Boolean tensor of shape ``(batch_size, steps)``; ``False`` marks padding. Padded
             steps get exactly 0 weight and do not change the output; a row with no ``True``
             gets all-zero weights and a zero output (never NaN). ``None``: all steps are real.
-        training: Python boolean; only ``"hard"`` mode behaves differently in training.
+        training: Python boolean; ``"hard"`` mode and ``entropy_penalty`` act in training only.
 
     Returns:
         A tuple ``(pooled, weights)``: ``pooled`` of shape ``(batch_size, heads * features)``
@@ -113,6 +116,7 @@ class AttentionPooling(keras.layers.Layer):
         hard_training="straight_through",
         gumbel_temperature=1.0,
         local_window=2,
+        entropy_penalty=0.0,
         seed=None,
         **kwargs,
     ):
@@ -127,6 +131,8 @@ class AttentionPooling(keras.layers.Layer):
         ):
             if not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{type(self).__name__}: {name} must be an integer >= {minimum}, got {value!r}")
+        if not entropy_penalty >= 0:
+            raise ValueError(f"{type(self).__name__}: entropy_penalty must be >= 0, got {entropy_penalty!r}")
         if not gumbel_temperature > 0:
             raise ValueError(f"{type(self).__name__}: gumbel_temperature must be > 0, got {gumbel_temperature!r}")
         self.context_dim = context_dim
@@ -136,6 +142,7 @@ class AttentionPooling(keras.layers.Layer):
         self.hard_training = hard_training
         self.gumbel_temperature = float(gumbel_temperature)
         self.local_window = local_window
+        self.entropy_penalty = float(entropy_penalty)
         self.seed = seed
         self.supports_masking = True
         if mode == "hard" and hard_training == "gumbel":
@@ -184,6 +191,8 @@ class AttentionPooling(keras.layers.Layer):
         # Weights are computed in float32 even under mixed precision: -1e9 is -inf in float16.
         scores = ops.where(real, ops.cast(self._calculate_scores(keys), "float32"), _LARGE_NEGATIVE)
         head_weights = self._weights_from_scores(scores, real, training)  # (batch, steps, heads)
+        if training and self.entropy_penalty > 0:
+            self.add_loss(self.entropy_penalty * normalized_entropy(head_weights, real))
         # Zero the padded states too: 0 * NaN from an encoder's padding would still be NaN.
         states = ops.where(real, inputs, ops.zeros_like(inputs))
         pooled = ops.einsum("bth,btf->bhf", ops.cast(head_weights, inputs.dtype), states)
@@ -229,6 +238,7 @@ class AttentionPooling(keras.layers.Layer):
                 "hard_training": self.hard_training,
                 "gumbel_temperature": self.gumbel_temperature,
                 "local_window": self.local_window,
+                "entropy_penalty": self.entropy_penalty,
                 "seed": self.seed,
             }
         )
@@ -326,6 +336,15 @@ SCORE_LAYERS: dict[str, type[AttentionPooling]] = {
 
 # ---------------------------------------------------------------------- masked weight helpers
 # All take and return (batch, steps, heads) tensors; `real` is (batch, steps, 1) bool.
+
+
+def normalized_entropy(weights, real):
+    """Mean over rows and heads of each row's attention entropy divided by log(real steps):
+    1 for uniform weights, 0 for one-hot ones (and for rows with fewer than two real steps)."""
+    safe = ops.where(real, ops.maximum(weights, 1e-12), ops.ones_like(weights))
+    entropy = -ops.sum(ops.where(real, weights * ops.log(safe), ops.zeros_like(weights)), axis=1)  # (batch, heads)
+    steps = ops.sum(ops.cast(real, weights.dtype), axis=1)  # (batch, 1)
+    return ops.mean(entropy / ops.log(ops.maximum(steps, 2.0)))
 
 
 def _masked_softmax(scores, real):

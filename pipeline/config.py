@@ -120,6 +120,8 @@ class AttentionConfig(_Strict):
     gumbel_temperature: float = Field(1.0, gt=0.0)
     local_window: int = Field(2, ge=0)
     context_dim: int = Field(100, ge=1)
+    entropy_penalty: float = Field(0.0, ge=0.0, le=10.0,
+                                   description="λ x normalised attention entropy added to the training loss")
 
 
 class EmbeddingConfig(_Strict):

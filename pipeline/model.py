@@ -291,6 +291,7 @@ def attention_pooling(config: AttentionConfig, name: str) -> AttentionPooling:
         hard_training=config.hard_training,
         gumbel_temperature=config.gumbel_temperature,
         local_window=config.local_window,
+        entropy_penalty=config.entropy_penalty,
         name=name,
     )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.attention import SCORE_LAYERS, AttentionPooling, LocationAttentionPooling
+from pipeline.attention import SCORE_LAYERS, AttentionPooling, LocationAttentionPooling, normalized_entropy
 
 SCORES = sorted(SCORE_LAYERS)
 MODES = ["soft", "hard", "local"]
@@ -213,8 +213,47 @@ def test_compute_output_shape():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"mode": "sparse"}, "mode"), ({"hard_training": "reinforce"}, "hard_training"), ({"heads": 0}, "heads")],
+    [({"mode": "sparse"}, "mode"), ({"hard_training": "reinforce"}, "hard_training"), ({"heads": 0}, "heads"),
+     ({"entropy_penalty": -0.1}, "entropy_penalty")],
 )
 def test_invalid_arguments_say_what_is_allowed(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AttentionPooling(**kwargs)
+
+
+def test_normalized_entropy_is_one_for_uniform_zero_for_one_hot_and_ignores_padding():
+    real = np.expand_dims(MASK[[0, 1]], -1)
+    uniform = np.where(real, 1.0, 0.0).astype("float32")
+    uniform = uniform / uniform.sum(axis=1, keepdims=True)
+    assert float(normalized_entropy(uniform, real)) == pytest.approx(1.0, abs=1e-6)
+    one_hot = np.zeros_like(uniform)
+    one_hot[:, 0] = 1.0
+    assert float(normalized_entropy(one_hot, real)) == pytest.approx(0.0, abs=1e-6)
+    # Two real steps with weights 0.5/0.5 beside garbage-free padding: still exactly uniform.
+    pair = np.array([[[0.5], [0.5], [0.0]]], dtype="float32")
+    assert float(normalized_entropy(pair, np.array([[[True], [True], [False]]]))) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_entropy_penalty_adds_its_loss_in_training_only_and_sharpens_attention():
+    layer = make_layer("additive", entropy_penalty=0.5)
+    x = states()
+    weights = layer(x, mask=MASK, training=False)[1]
+    assert layer.losses == []
+    layer(x, mask=MASK, training=True)
+    real = np.expand_dims(MASK, -1)
+    expected = 0.5 * float(normalized_entropy(np.expand_dims(np.asarray(weights), -1), real))
+    assert len(layer.losses) == 1 and float(layer.losses[0]) == pytest.approx(expected, rel=1e-5)
+
+    # Trained on a task that any single step solves, the penalised layer ends sharper.
+    def entropy_after_training(penalty: float) -> float:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((6, 5))
+        pooled, attention = make_layer("additive", entropy_penalty=penalty)(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(1)(pooled))
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+        data = states(batch=64)
+        model.fit(data, data.sum(axis=(1, 2))[:, None] / 6, epochs=30, verbose=0)
+        probe = keras.Model(inputs, attention)
+        return float(normalized_entropy(np.expand_dims(np.asarray(probe(data)), -1), np.ones((64, 6, 1), bool)))
+
+    assert entropy_after_training(1.0) < entropy_after_training(0.0) - 0.2
