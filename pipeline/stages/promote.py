@@ -7,8 +7,10 @@ Input: the train manifest (the registered model version) and the evaluate stage'
 1. alias ``challenger`` -> the new version (every evaluated candidate is the challenger);
 2. alias ``champion`` -> the new version, only when the gate passed *and* the champion is still
    the version the gate compared against (otherwise the comparison is stale: evaluate again);
-3. tags on the version: ``promotion.verdict`` (promoted | rejected | stale | already-champion),
-   ``promotion.reasons``, ``promotion.previous_champion``, ``promotion.run_id``.
+3. tags on the version: ``promotion.verdict`` (promoted | rejected | stale), ``promotion.reasons``,
+   ``promotion.previous_champion``, ``promotion.evaluated`` (which evaluation decided) and
+   ``promotion.run_id``. Re-evaluating the champion itself (verdict ``already-champion``, e.g. a
+   scheduled run on unchanged data) leaves its tags as they were.
 
 Consistency under interruption (``kill -9`` at any point): every registry write is one atomic
 call, and ``champion`` moves only to a version whose ``gate.passed`` tag (written by evaluate,
@@ -121,14 +123,15 @@ def run(config: PipelineConfig) -> PromoteResult:
     if previous and previous.get("version") == version and previous.get("evaluated") == metrics.get("created"):
         done = read_json(out_dir / "decision.json")
         expected_champion = version if done["verdict"] in ("promoted", "already-champion") else done["champion_before"]
-        if (challenger_now == version and champion_now == expected_champion
-                and model_version.tags.get("promotion.verdict") == done["verdict"]):
+        tagged = done["verdict"] == "already-champion" or model_version.tags.get("promotion.verdict") == done["verdict"]
+        if challenger_now == version and champion_now == expected_champion and tagged:
             _log(f"version {version} was already decided ({done['verdict']}); registry unchanged")
             return PromoteResult(out_dir, done, skipped=True)
 
     verdict, reasons = decide(gate, version, gate.get("champion"), champion_now)
     champion_before = champion_now
-    if verdict == "already-champion" and model_version.tags.get("promotion.verdict") == "promoted":
+    if (verdict == "already-champion" and model_version.tags.get("promotion.verdict") == "promoted"
+            and model_version.tags.get("promotion.evaluated") == str(metrics.get("created"))):
         # An interrupted promotion of this very version moved the alias but did not finish: finish it.
         verdict, reasons = "promoted", model_version.tags.get("promotion.reasons", "").split(" | ")
         champion_before = model_version.tags.get("promotion.previous_champion")
@@ -153,9 +156,11 @@ def run(config: PipelineConfig) -> PromoteResult:
         # The decision is written on the version first, then the aliases move: an interruption in
         # between leaves the old champion in place, and a rerun sees the recorded intent.
         version_tags = {"promotion.verdict": verdict, "promotion.reasons": " | ".join(reasons)[:5000],
-                        "promotion.previous_champion": str(champion_before), "promotion.run_id": tracked.info.run_id}
-        for key, value in version_tags.items():
-            client.set_model_version_tag(name, version, key, value)
+                        "promotion.previous_champion": str(champion_before),
+                        "promotion.evaluated": str(metrics.get("created")), "promotion.run_id": tracked.info.run_id}
+        if verdict != "already-champion":
+            for key, value in version_tags.items():
+                client.set_model_version_tag(name, version, key, value)
         client.set_registered_model_alias(name, CHALLENGER, version)
         if verdict == "promoted":
             client.set_registered_model_alias(name, CHAMPION, version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -66,3 +67,13 @@ def test_an_interrupted_promotion_leaves_the_old_champion_and_a_rerun_completes_
     assert done.decision["verdict"] == "promoted" and done.decision["champion_after"] == "2"
     assert alias_version(client, NAME, "champion") == "2"
     assert promote.run(config).skipped  # and a third run has nothing left to do
+
+    # A scheduled rerun on unchanged data re-evaluates the champion itself: nothing moves, and
+    # the version keeps the record of the promotion that made it champion.
+    time.sleep(1.1)  # a new evaluation is told apart by its timestamp (seconds)
+    evaluate.run(config)
+    again = promote.run(config)
+    assert again.decision["verdict"] == "already-champion" and not again.skipped
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["promotion.verdict"] == "promoted" and tags["promotion.previous_champion"] == "None"
+    assert alias_version(client, NAME, "champion") == "2"
