@@ -17,7 +17,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     result = run_cli("--help")
     assert result.returncode == 0
-    for stage in ("preprocess", "train", "evaluate", "explain", "run", "predict"):
+    for stage in ("preprocess", "train", "evaluate", "promote", "explain", "run", "predict", "serve"):
         assert stage in result.stdout
     assert "HAN_DATA_DIR" in result.stdout
 
@@ -33,6 +33,14 @@ def test_stage_before_its_inputs_says_what_to_run():
     assert result.returncode == 2
     assert "no preprocessing outputs" in result.stderr and "make preprocess" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_promote_and_serve_without_a_model_say_what_to_run():
+    result = run_cli("promote")
+    assert result.returncode == 2 and "run `make train`" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("serve")
+    assert result.returncode == 2 and "no model has the alias @champion" in result.stderr
+    assert "make pipeline" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_config_typo_is_a_clear_error_without_traceback():
@@ -84,5 +92,6 @@ def test_make_passes_config_and_every_set_value():
 def test_make_help_lists_every_target():
     result = subprocess.run(["make", "help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for target in ("install", "pipeline", "preprocess", "train", "evaluate", "explain", "test", "bench", "lint", "ui", "clean"):
+    for target in ("install", "pipeline", "preprocess", "train", "evaluate", "promote", "explain", "serve", "dag-test",
+                   "test", "bench", "lint", "ui", "clean"):
         assert f"  {target} " in result.stdout, target
