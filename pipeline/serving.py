@@ -259,9 +259,7 @@ class HANTextModel(_PythonModel):
 
         try:
             batch_size = (params or {}).get("batch_size", DEFAULT_BATCH_SIZE)
-            batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-            if batch_size < 1:
-                raise ValueError(f"the param batch_size must be a positive integer, got {batch_size}")
+            batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)  # checked by predict
             texts = texts_from_input(model_input)
             check_request_size(texts)
             return results_frame(self.classifier.predict(texts, batch_size=batch_size))
