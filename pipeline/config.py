@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ConfigError(ValueError):
@@ -224,7 +227,7 @@ class RetrainConfig(_Strict):
 
 
 class ServeConfig(_Strict):
-    """``make serve``: the REST endpoint of the champion (``mlflow models serve``)."""
+    """``make serve``: the REST endpoint of the champion (MLflow's scoring app under uvicorn)."""
 
     host: str = Field("127.0.0.1", description="loopback only unless you mean to expose it")
     port: int = Field(5001, ge=1, le=65535)
@@ -233,12 +236,14 @@ class ServeConfig(_Strict):
     timeout_seconds: int = Field(60, ge=1, description="a request running longer gets 504")
     max_texts: int = Field(1000, ge=1, description="texts per request; more gets 400")
     max_characters: int = Field(10_000_000, ge=1, description="characters of text per request; more gets 400")
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1,
+                                   description="request body size; more gets 413 before the body is read")
 
 
 class PipelineConfig(_Strict):
     """The whole configuration of one pipeline (one dataset, one model)."""
 
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field("demo", description="the folder under the artifacts directory that holds this pipeline's outputs")
     seed: int = Field(42, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
@@ -250,6 +255,16 @@ class PipelineConfig(_Strict):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, value: str) -> str:
+        # Every output path is <artifacts>/<name>/<stage>/<fixed file name>: the name is the only
+        # part a config sets, so it must not lead out of the artifacts directory.
+        if not _NAME.fullmatch(value) or ".." in value:
+            raise ValueError(f"{value!r} is not a folder name inside the artifacts directory: use letters, digits "
+                             "and _ . - (starting with a letter or digit, no '..', no '/'), e.g. name: bbc")
+        return value
+
     # ----------------------------------------------------------------- derived values
     def resolved_data_path(self) -> Path | None:
         """``data.path`` with ``${VAR}`` expanded (``HAN_DATA_DIR`` defaults to ``data/``)."""
@@ -258,8 +273,13 @@ class PipelineConfig(_Strict):
         return Path(expand_env(self.data.path)).expanduser()
 
     def artifacts_dir(self) -> Path:
-        """``$HAN_ARTIFACTS_DIR/<name>`` (default ``<project>/artifacts/<name>``)."""
-        return artifacts_root() / self.name
+        """``$HAN_ARTIFACTS_DIR/<name>`` (default ``<project>/artifacts/<name>``), never outside it."""
+        root = artifacts_root()
+        folder = root / self.name
+        if folder.is_symlink() and not folder.resolve().is_relative_to(root):
+            raise ConfigError(f"{folder} is a link to {folder.resolve()}, outside the artifacts directory {root}: "
+                              "outputs stay inside it; remove the link or set HAN_ARTIFACTS_DIR to where they should go")
+        return folder
 
     def stage_dir(self, stage: str) -> Path:
         return self.artifacts_dir() / stage
@@ -330,7 +350,8 @@ def _format_errors(err: ValidationError, origin: str) -> str:
             continue
         got = item.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {key}: {item['msg']}{shown}")
+        message = item["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+        lines.append(f"  {key}: {message}{shown}")
     return "\n".join(lines)
 
 

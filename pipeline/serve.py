@@ -1,11 +1,12 @@
-"""``make serve``: the champion over REST, with ``mlflow models serve``.
+"""``make serve``: the champion over REST, MLflow's scoring app under uvicorn.
 
 ``serve_command`` resolves ``models:/<registered_model>@<alias>`` in the current tracking store
-(failing clearly when the alias is missing), and returns the ``mlflow models serve`` command line
-with ``--env-manager local`` (the project's environment: no download) and the environment it
-needs: the tracking URI and the request limits that the raw-text model enforces
-(``HAN_SERVE_MAX_TEXTS`` / ``HAN_SERVE_MAX_CHARACTERS``, answered with 400), plus MLflow's
-request timeout (answered with 504).
+to its version (failing clearly when the alias is missing), so every worker loads the same
+version even if the alias moves meanwhile, and returns the ``uvicorn`` command line for
+``pipeline.rest`` (MLflow's own scoring app, what ``mlflow models serve --env-manager local``
+runs, behind a request-size guard) and the environment it needs: the tracking URI, the model,
+the body limit (413), the limits that the raw-text model enforces (``HAN_SERVE_MAX_TEXTS`` /
+``HAN_SERVE_MAX_CHARACTERS``, answered with 400), and MLflow's request timeout (504).
 
 The endpoint is MLflow's scoring protocol: ``POST /invocations`` with
 ``{"dataframe_records": [{"text": "..."}]}`` (or ``dataframe_split``, or ``{"inputs": {"text": [...]}}``)
@@ -18,9 +19,8 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PROJECT_ROOT, PipelineConfig
 
 
 class ServeError(RuntimeError):
@@ -39,25 +39,27 @@ class ServeCommand:
 def serve_command(config: PipelineConfig) -> ServeCommand:
     import mlflow
 
+    from pipeline.rest import MAX_BYTES_ENV, MODEL_URI_ENV
     from pipeline.serving import MAX_CHARACTERS_ENV, MAX_TEXTS_ENV
     from pipeline.stages.promote import alias_version
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import connect, tracking_uri
 
     settings = config.serve
     name = config.tracking.registered_model
+    connect()
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
     version = alias_version(mlflow.MlflowClient(), name, settings.alias)
     if version is None:
         raise ServeError(f"no model has the alias @{settings.alias} in the registry {name!r} at {uri}; "
                          "run `make pipeline` (or `make dag-test`) so that a model passes the gate and is promoted, "
                          "or serve another alias with SET=serve.alias=challenger")
     model_uri = f"models:/{name}@{settings.alias}"
-    argv = [sys.executable, "-m", "mlflow", "models", "serve", "--model-uri", model_uri, "--env-manager", "local",
-            "--host", settings.host, "--port", str(settings.port), "--workers", str(settings.workers),
-            "--timeout", str(settings.timeout_seconds)]
-    # MLflow runs `uvicorn` from PATH: the one beside this interpreter, also when .venv is not activated.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri, MAX_TEXTS_ENV: str(settings.max_texts),
-           MAX_CHARACTERS_ENV: str(settings.max_characters)}
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.rest:create_app", "--host", settings.host,
+            "--port", str(settings.port), "--workers", str(settings.workers), "--no-server-header"]
+    # The workers import `pipeline` wherever the server is started from.
+    python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "MLFLOW_TRACKING_URI": uri,
+           MODEL_URI_ENV: f"models:/{name}/{version}", MAX_BYTES_ENV: str(settings.max_request_bytes),
+           MAX_TEXTS_ENV: str(settings.max_texts), MAX_CHARACTERS_ENV: str(settings.max_characters),
+           "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(settings.timeout_seconds)}
     return ServeCommand(argv, env, model_uri, version, f"http://{settings.host}:{settings.port}")
