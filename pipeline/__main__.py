@@ -8,7 +8,9 @@ import sys
 import textwrap
 from collections.abc import Callable
 
+from pipeline.artifacts import DiskFullError, is_disk_full
 from pipeline.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
+from pipeline.tracking import check_reachable, tracking_uri
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -45,7 +47,7 @@ STAGE_HELP = {
     "explain": "write per-document attention explanations, an HTML report and faithfulness metrics",
     "run": "the whole pipeline: preprocess -> train -> evaluate -> promote -> explain",
     "predict": "classify raw text (with --explain: show the sentences the model attended to)",
-    "serve": "serve the champion over REST with `mlflow models serve` on 127.0.0.1 (serve.port, default 5001)",
+    "serve": "serve the champion over REST (MLflow scoring app, uvicorn) on 127.0.0.1 (serve.port, default 5001)",
 }
 
 def cmd_preprocess(config: PipelineConfig, args: argparse.Namespace) -> int:
@@ -187,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: the model of the last train stage of --config)")
         if name == "serve":
             stage.add_argument("--print-command", action="store_true",
-                               help="print the mlflow models serve command line instead of running it")
+                               help="print the server command line (uvicorn) instead of running it")
     return parser
 
 
@@ -195,11 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        check_reachable(tracking_uri())  # a tracking server that is down fails the command now, not after the work
         return COMMANDS[args.stage](config, args)
     except Exception as err:
         known = (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError)
         if os.environ.get("HAN_DEBUG") or not (isinstance(err, known) or type(err).__module__.startswith("mlflow")):
             raise
+        if is_disk_full(err) and not isinstance(err, DiskFullError):
+            err = f"the disk is full ({err}); free some space or set HAN_ARTIFACTS_DIR / MLFLOW_TRACKING_URI to a larger disk"
         print(f"error: {err}", file=sys.stderr)
         print("(set HAN_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ when it has finished, so a reader never sees a half-written stage (a killed run 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pipeline import faults
 
 MANIFEST = "manifest.json"
 
@@ -59,6 +62,8 @@ def output_hashes(directory: Path) -> dict[str, str]:
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """A stage's manifest, or None when it has no (complete) outputs; a killed write is recovered first."""
+    recover(directory)
     path = directory / MANIFEST
     if not path.is_file():
         return None
@@ -74,24 +79,89 @@ def outputs_intact(directory: Path, manifest: dict[str, Any]) -> bool:
     return bool(recorded) and output_hashes(directory) == recorded
 
 
+class DiskFullError(OSError):
+    """A stage's outputs did not fit on the disk; the previous outputs are left as they were."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """No space left, over a quota, or over the file-size limit (``ulimit -f``): all "the disk is full"."""
+    return isinstance(error, OSError) and error.errno in _DISK_FULL
+
+
+def disk_full_message(path: Path, error: OSError) -> str:
+    try:
+        free = f"{shutil.disk_usage(path if path.exists() else path.parent).free / 1e6:,.0f} MB free there now"
+    except OSError:
+        free = "free space unknown"
+    return (f"not enough disk space to write {path} ({error.strerror or error}; {free}): "
+            "nothing was half written, the previous outputs are unchanged; free some space or set "
+            "HAN_ARTIFACTS_DIR to a larger disk, then run the stage again")
+
+
+def _owner_alive(leftover: Path) -> bool:
+    """Whether the process named by a ``.tmp-<pid>`` / ``.old-<pid>`` suffix is still running."""
+    try:
+        pid = int(leftover.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(final: Path) -> None:
+    """Undo what a killed ``atomic_directory`` left beside ``final`` (leftovers of live writers stay).
+
+    Killed between its two renames, a writer leaves ``final`` missing and the previous outputs
+    in ``final.old-<pid>``: they are put back. Staging folders of dead writers are removed.
+    """
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    dead = [p for p in (*parent.glob(f"{final.name}.tmp-*"), *parent.glob(f"{final.name}.old-*")) if not _owner_alive(p)]
+    retired = sorted((p for p in dead if ".old-" in p.name), key=lambda p: p.stat().st_mtime)
+    if retired and not final.exists():
+        os.replace(retired[-1], final)
+    for leftover in dead:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces ``final`` in one rename.
 
-    On an exception the temporary directory is removed and ``final`` is left as it was.
+    On an exception the temporary directory is removed and ``final`` is left as it was; a disk
+    that fills up is reported as ``DiskFullError`` naming the folder and the fix. A process
+    killed at any point leaves ``final`` either old or new (``recover``, run by the next reader or writer,
+    puts back the old one if the kill came between the two renames).
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    recover(final)
     staging = final.parent / f"{final.name}.tmp-{os.getpid()}"
     staging.mkdir()
     try:
         yield staging
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(error):
+            raise DiskFullError(error.errno, disk_full_message(final, error)) from error
         raise
+    faults.point("commit:staged")
     retired = final.parent / f"{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, retired)
+        faults.point("commit:retired")
     os.replace(staging, final)
     shutil.rmtree(retired, ignore_errors=True)

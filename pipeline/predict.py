@@ -37,13 +37,12 @@ def read_inputs(text: str | None, file: str | None) -> list[str]:
 def predict(config: PipelineConfig, texts: list[str], model_uri: str | None = None) -> list[dict[str, Any]]:
     """One result per text: label, probabilities, sentences, sentence_weights (and words, word_weights)."""
     if model_uri:
-        import mlflow
         import pandas as pd
 
         from pipeline.serving import load_raw_text_model
-        from pipeline.tracking import tracking_uri
+        from pipeline.tracking import connect
 
-        mlflow.set_tracking_uri(tracking_uri())
+        connect()
         frame = load_raw_text_model(model_uri).predict(pd.DataFrame({"text": texts}))
         return frame.to_dict(orient="records")
     from pipeline.serving import RawTextClassifier

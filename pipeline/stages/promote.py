@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import faults
 from pipeline.artifacts import MANIFEST, atomic_directory, read_json, read_manifest, write_json
 from pipeline.config import PipelineConfig
 
@@ -99,11 +100,11 @@ def run(config: PipelineConfig) -> PromoteResult:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline.tracking import stage_run, tracking_uri
+    from pipeline.tracking import connect, stage_run, tracking_uri
 
     train_manifest, metrics, version = _inputs(config)
     name = config.tracking.registered_model
-    mlflow.set_tracking_uri(tracking_uri())
+    connect()
     client = mlflow.MlflowClient()
     try:
         model_version = client.get_model_version(name, version)
@@ -161,7 +162,9 @@ def run(config: PipelineConfig) -> PromoteResult:
         if verdict != "already-champion":
             for key, value in version_tags.items():
                 client.set_model_version_tag(name, version, key, value)
+        faults.point("promote:tagged")
         client.set_registered_model_alias(name, CHALLENGER, version)
+        faults.point("promote:challenger")
         if verdict == "promoted":
             client.set_registered_model_alias(name, CHAMPION, version)
         mlflow.log_metric("promoted", float(verdict == "promoted"))

@@ -327,11 +327,11 @@ def _close_dead_attempts(run_ids: list[str]) -> None:
     """Runs of earlier attempts that died (kill -9, a lost node) stay RUNNING in MLflow: mark them KILLED."""
     import mlflow
 
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking import connect
 
     if not run_ids:
         return
-    mlflow.set_tracking_uri(tracking_uri())
+    connect()
     client = mlflow.MlflowClient()
     for run_id in run_ids:
         try:

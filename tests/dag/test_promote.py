@@ -1,16 +1,22 @@
-"""Promotion: the verdict rules, and a promotion interrupted half way (on a copy of the DAG's registry)."""
+"""Promotion: the verdict rules, and a promotion killed half way (on a copy of the DAG's registry)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
+from pipeline.config import PROJECT_ROOT
+from pipeline.faults import KILL_ENV
 from pipeline.stages import evaluate, promote
 from pipeline.stages.promote import alias_version, decide
 from tests.dag.conftest import NAME, WORSE
-from tests.stages.conftest import SMALL, make_workspace
+from tests.stages.conftest import SMALL, make_workspace, set_args
 
 PASSED = {"passed": True, "reasons": ["min_accuracy passed"], "champion": "1"}
 FAILED = {"passed": False, "reasons": ["beat_champion FAILED: 0.5 vs required 0.9"], "champion": "1"}
@@ -33,9 +39,13 @@ def test_promote_before_evaluate_says_what_to_run(tmp_path, monkeypatch):
         promote.run(workspace.config)
 
 
-def test_an_interrupted_promotion_leaves_the_old_champion_and_a_rerun_completes_it(retrained, tmp_path, monkeypatch):
-    """Version 2 (worse) is made to pass its gate once no champion is left to beat; the alias move
-    is interrupted; the registry still names no wrong champion; the rerun finishes the promotion."""
+@pytest.mark.parametrize("kill_at", ["promote:tagged", "promote:challenger"])
+def test_kill_9_during_promotion_leaves_the_registry_consistent_and_a_rerun_completes_it(retrained, tmp_path,
+                                                                                          monkeypatch, kill_at):
+    """Version 2 (worse) is made to pass its gate once no champion is left to beat; ``promote`` is
+    killed with SIGKILL after the verdict is tagged, or after the challenger alias moved; the
+    registry still names no wrong champion; the rerun finishes the promotion and closes the
+    MLflow run the dead process left RUNNING."""
     import mlflow
 
     shutil.copytree(retrained[0].root, tmp_path / "copy")
@@ -46,28 +56,27 @@ def test_an_interrupted_promotion_leaves_the_old_champion_and_a_rerun_completes_
     config = workspace.config
     assert evaluate.run(config).passed  # min_accuracy 0 and no champion: version 2 passes
 
-    real = mlflow.MlflowClient.set_registered_model_alias
-
-    def dies_moving_the_champion(self, name, alias, version):
-        if alias == "champion":
-            raise KeyboardInterrupt("killed while moving the champion")
-        return real(self, name, alias, version)
-
-    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", dies_moving_the_champion)
-    with pytest.raises(KeyboardInterrupt):
-        promote.run(config)
+    killed = subprocess.run([sys.executable, "-m", "pipeline", "promote", *set_args(workspace.overrides)],
+                            cwd=PROJECT_ROOT, env={**os.environ, **workspace.env, KILL_ENV: kill_at},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert alias_version(client, NAME, "champion") is None  # unchanged: no champion, not a half-promoted one
-    assert alias_version(client, NAME, "challenger") == "2"
+    assert alias_version(client, NAME, "challenger") == "2"  # (already so after the DAG run that rejected it)
     assert client.get_model_version(NAME, "2").tags["promotion.verdict"] == "promoted"  # the recorded intent
     # The stage's own record is still the DAG run's earlier (rejected) decision: nothing half written.
     assert promote.read_json(config.stage_dir("promote") / "decision.json")["verdict"] == "rejected"
+    orphans = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+               if r.info.status == "RUNNING"]
+    assert [r.data.tags["han.stage"] for r in orphans] == ["promote"]
 
-    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", real)
     done = promote.run(config)
     assert done.decision["verdict"] == "promoted" and done.decision["champion_after"] == "2"
     assert alias_version(client, NAME, "champion") == "2"
+    assert mlflow.get_run(orphans[0].info.run_id).info.status == "KILLED"
     assert promote.run(config).skipped  # and a third run has nothing left to do
 
+    if kill_at == "promote:tagged":
+        return  # what follows does not depend on where the kill came: checked once
     # A scheduled rerun on unchanged data re-evaluates the champion itself: nothing moves, and
     # the version keeps the record of the promotion that made it champion.
     time.sleep(1.1)  # a new evaluation is told apart by its timestamp (seconds)
