@@ -218,6 +218,10 @@ def _read_tree(
         except (OSError, zipfile.BadZipFile, tarfile.TarError) as err:
             yield Rejected(source, UNPARSABLE, f"cannot read the file: {err}", id=doc.id, label=doc.label)
             continue
+        if _is_binary(data, config.encoding):
+            yield Rejected(source, UNPARSABLE, "binary content (NUL bytes), not text: convert the file to text or "
+                           "remove it", id=doc.id, label=doc.label)
+            continue
         text, invalid = _decode(data, config.encoding, config.encoding_fallback)
         report.files_read += 1
         report.decode_error_bytes += invalid
@@ -230,6 +234,11 @@ def _read_tree(
             split=doc.split,
             decode_errors=invalid,
         )
+
+
+def _is_binary(data: bytes, encoding: str) -> bool:
+    """NUL bytes near the start: an image, a PDF, a word-processor file, not text (UTF-16/32 aside)."""
+    return b"\x00" in data[:8192] and not codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
 
 
 def _is_junk(parts: tuple[str, ...]) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import faults
 from pipeline.artifacts import (
     MANIFEST,
     atomic_directory,
@@ -319,6 +320,9 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     kept, quarantined = list(validation.kept), list(validation.quarantined)
 
     labels = sorted({doc.label for doc in kept if doc.label is not None})
+    if not items:
+        raise PreprocessError(f"no documents in {config.resolved_data_path()} (data.format {config.data.format!r}): "
+                              "the input is empty; check data.path and data.format")
     if not kept:
         raise PreprocessError(f"no usable documents: all {len(items):,} inputs were quarantined "
                               f"({dict(validation.counts()['by_reason'])}). Check data.path, data.format and the field names.")
@@ -399,6 +403,7 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
                     if doc.meta:
                         row["meta"] = doc.meta
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            faults.point("preprocess:writing")
             stats["splits"][name] = {
                 "sentences_per_document": _distribution([len(processed[i][1]) for i in indices]),
                 "words_per_sentence": _distribution([len(s) for i in indices for s in processed[i][1]]),

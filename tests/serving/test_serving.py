@@ -242,6 +242,11 @@ def test_registered_model_gives_the_same_answers_in_a_fresh_process(bundle, tmp_
         info = log_raw_text_model(bundle["dir"], registered_model_name="han-classifier",
                                   example_texts=bundle["texts"][:2])
 
+    logged = [p for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()]
+    assert any(p.name == "model.keras" for p in logged)
+    assert not [p for p in logged if p.suffix in (".pkl", ".pickle", ".joblib", ".cloudpickle")]  # no pickle to receive
+    assert not [p for p in logged if p.name == "MLmodel" and "pickle" in p.read_text()]
+
     version = mlflow.MlflowClient().get_model_version("han-classifier", "1")
     assert version.run_id == run.info.run_id and str(info.registered_model_version) == "1"
     signature = info.signature
