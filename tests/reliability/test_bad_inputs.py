@@ -46,6 +46,14 @@ def jsonl(path: Path, rows: list, extra_lines: list[str] = ()) -> Path:
     return path
 
 
+def class_folders(folder: Path) -> Path:
+    """The good documents as one folder per class (``data.format: folder``)."""
+    for row in GOOD:
+        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
+        (folder / row["label"] / f"{row['id']}.txt").write_text(row["text"], encoding="utf-8")
+    return folder
+
+
 def preprocess(capsys, name: str, data: Path, fmt: str, *overrides: str) -> tuple[int, str]:
     settings = [f"name={name}", f"data.format={fmt}", f"data.path={data}", "preprocess.max_quarantine_fraction=0.5",
                 "preprocess.vocab.min_count=1", *overrides]
@@ -92,10 +100,7 @@ def test_document_without_words(env, capsys):
 
 @pytest.mark.bad_input("B04")
 def test_non_utf8_file_is_decoded_with_the_fallback_and_counted(env, capsys):
-    folder = env / "b04"
-    for row in GOOD:
-        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
-        (folder / row["label"] / f"{row['id']}.txt").write_text(row["text"], encoding="utf-8")
+    folder = class_folders(env / "b04")
     (folder / "a" / "latin.txt").write_bytes("Caf\u00e9 story. The apples grow in spring.".encode("latin-1"))
     code, out = preprocess(capsys, "b04", folder, "folder")
     assert code == 0, out
@@ -109,10 +114,7 @@ def test_non_utf8_file_is_decoded_with_the_fallback_and_counted(env, capsys):
 
 @pytest.mark.bad_input("B05")
 def test_binary_file_among_the_documents(env, capsys):
-    folder = env / "b05"
-    for row in GOOD:
-        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
-        (folder / row["label"] / f"{row['id']}.txt").write_text(row["text"], encoding="utf-8")
+    folder = class_folders(env / "b05")
     (folder / "a" / "scan.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     code, out = preprocess(capsys, "b05", folder, "folder")
     assert code == 0, out
@@ -123,10 +125,7 @@ def test_binary_file_among_the_documents(env, capsys):
 
 @pytest.mark.bad_input("B06")
 def test_files_that_are_not_documents_are_skipped_and_listed(env, capsys):
-    folder = env / "b06"
-    for row in GOOD:
-        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
-        (folder / row["label"] / f"{row['id']}.txt").write_text(row["text"], encoding="utf-8")
+    folder = class_folders(env / "b06")
     (folder / "README.md").write_text("about this corpus")
     (folder / "a" / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0")
     code, out = preprocess(capsys, "b06", folder, "folder")

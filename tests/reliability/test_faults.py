@@ -149,6 +149,7 @@ def test_an_unreachable_tracking_server_is_a_clear_error_within_seconds(tmp_path
     assert not (workspace.root / "artifacts" / "demo" / "preprocess").exists()  # nothing done untracked
 
 
+@pytest.mark.slow  # about 85 s: two server starts and two trainings (make test-slow)
 def test_the_tracking_server_dying_mid_stage_fails_fast_and_the_run_is_closed_later(tmp_path):
     """A real ``mlflow server`` is killed while training logs to it: the stage stops with a clear
     error in seconds (not MLflow's minutes of retries); once the store is reachable again, the

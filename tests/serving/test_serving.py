@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.artifacts import read_json
 from pipeline.batching import EncodedSplit, pad_batch
@@ -245,7 +246,9 @@ def test_registered_model_gives_the_same_answers_in_a_fresh_process(bundle, tmp_
     logged = [p for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()]
     assert any(p.name == "model.keras" for p in logged)
     assert not [p for p in logged if p.suffix in (".pkl", ".pickle", ".joblib", ".cloudpickle")]  # no pickle to receive
-    assert not [p for p in logged if p.name == "MLmodel" and "pickle" in p.read_text()]
+    (mlmodel,) = [p for p in logged if p.name == "MLmodel"]
+    flavor = yaml.safe_load(mlmodel.read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor  # code, not a pickle
 
     version = mlflow.MlflowClient().get_model_version("han-classifier", "1")
     assert version.run_id == run.info.run_id and str(info.registered_model_version) == "1"
