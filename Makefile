@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed-requirements
 CONFIG ?= configs/default.yaml
 SET ?=
 PORT ?= 5000
+DATASETS ?= bbc,imdb
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve dag-test test test-slow bench lint ui clean
+.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve dag-test test test-slow bench bench-quick lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -58,13 +59,17 @@ dag-test: $(STAMP) ## run the Airflow retraining DAG once (airflow dags test, te
 	$(PY) -m pipeline.dagtest $(STAGE_ARGS)
 
 test: $(STAMP) ## run the test suite (fast; what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: $(STAMP) ## run the heavy real-data tests (marked slow)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP) ## run the benchmarks on ../shared/data (or HAN_DATA_DIR), writing benchmarks/results/
+bench: $(STAMP) ## HAN vs reference HAN vs TF-IDF+LR on BBC and IMDB, then preprocessing speed (DATASETS=bbc to pick)
+	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.compare --datasets $(DATASETS)
 	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.preprocess_speed
+
+bench-quick: $(STAMP) ## the same comparison on 30 documents per class, 2 epochs: a smoke run (minutes)
+	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.compare --quick --datasets $(DATASETS)
 
 lint: $(STAMP) ## ruff over the package, DAGs, tests and benchmarks
 	$(PY) -m ruff check pipeline dags tests benchmarks

@@ -1,0 +1,65 @@
+"""``make bench`` in ``--quick`` mode: the real pipeline pieces on a few real BBC documents.
+
+A smoke test of the harness (it runs, every system reports every figure, the JSON has the
+documented shape, the run is in MLflow), not of the targets: those need the full benchmark
+(`make bench`). IMDB goes through the same code once its subsample is made (tested below);
+`make bench-quick` runs both datasets (about 4 minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks.compare import SYSTEMS, han_training_flops, quick_corpus
+from pipeline.config import PROJECT_ROOT, load_config
+
+FIGURES = {"accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "peak_rss_mb", "train_seconds", "epochs"}
+HAN_FIGURES = FIGURES | {"explain_p50_ms", "explain_p95_ms"}
+
+
+def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_data, tmp_path):
+    env = {**os.environ, "HAN_DATA_DIR": str(shared_data)}
+    command = [sys.executable, "-m", "benchmarks.compare", "--quick", "--per-class", "20", "--datasets", "bbc",
+               "--out", str(tmp_path / "results")]
+    done = subprocess.run(command,
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (json_path,) = (tmp_path / "results").glob("*-quick.json")
+    results = json.loads(json_path.read_text())
+    assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["tensorflow"]
+    assert sorted(results["datasets"]) == ["bbc"]
+    for dataset, systems in results["datasets"].items():
+        assert sorted(systems) == sorted(SYSTEMS)
+        for system, values in systems.items():
+            assert (HAN_FIGURES if system != "tfidf_lr" else FIGURES) <= set(values), (dataset, system)
+            assert 0.0 <= values["accuracy"] <= 1.0 and values["train_docs_per_s"] > 0
+            assert values["infer_docs_per_s"] > 0 and values["peak_rss_mb"] > 50
+        assert systems["reference_han"]["limits"] == {"max_sentences": 15, "max_words": 40}
+        assert 0 < systems["han"]["flops"]["fraction_of_matmul"] < 1
+    table = json_path.with_suffix(".md").read_text()
+    assert "| han |" in table and "HAN / reference: training" in table
+
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["benchmarks"], output_format="list",
+                              filter_string="attributes.run_name LIKE 'bench-%'")
+    assert len(runs) == 1 and "bbc.han.accuracy" in runs[0].data.metrics
+
+
+def test_flop_count_of_one_word_and_one_sentence():
+    config = load_config(overrides=["model.embedding.dim=10", "model.word_units=2", "model.sentence_units=3",
+                                    "model.word_attention.context_dim=4", "model.sentence_attention.context_dim=5"])
+    word = 2 * 3 * 2 * (10 * 2 + 2 * 2) + 2 * 4 * 4 + 2 * 4  # BiGRU step + attention projection + score
+    sentence = 2 * 3 * 2 * (4 * 3 + 3 * 3) + 2 * 6 * 5 + 2 * 5
+    assert han_training_flops(config, 1, 0) == 3 * word
+    assert han_training_flops(config, 0, 1) == 3 * sentence
+
+
+def test_quick_imdb_subsample_keeps_the_official_split_and_both_classes(shared_data, tmp_path):
+    out = quick_corpus("imdb", shared_data / "aclImdb.tar.gz", tmp_path, per_class=3)
+    files = sorted(p.relative_to(out).parent.as_posix() for p in out.rglob("*.txt"))
+    assert files == ["test/neg"] * 3 + ["test/pos"] * 3 + ["train/neg"] * 3 + ["train/pos"] * 3
