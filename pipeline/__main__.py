@@ -64,6 +64,9 @@ def cmd_train(config: PipelineConfig, args: argparse.Namespace) -> int:
     from pipeline.stages import train
 
     result = train.run(config, force=args.force)
+    if not result.chief:
+        print("train: this worker's part is done; the chief (worker 0) writes the model and logs to MLflow")
+        return 0
     manifest = result.manifest
     tracked = manifest["mlflow"]
     print(f"train: best epoch {manifest['best_epoch']} of {manifest['epochs_run']} "
@@ -138,6 +141,11 @@ def cmd_run(config: PipelineConfig, args: argparse.Namespace) -> int:
     """preprocess -> train -> evaluate -> promote -> explain, nested under one MLflow pipeline run."""
     from pipeline.tracking import pipeline_run, run_url
 
+    if config.train.distribute.strategy == "multi_worker":
+        raise RuntimeError("`run` does every stage in one process, but train.distribute.strategy=multi_worker trains on "
+                           "several: run `python -m pipeline preprocess` once, `python -m pipeline train` on every worker "
+                           "(each with its TF_CONFIG), then `evaluate`, `promote` and `explain` once (README: "
+                           "\"Training on several machines\")")
     stages = ["preprocess", "train", "evaluate", "promote", "explain"]
     with pipeline_run(config, stages) as run:
         for stage in stages:

@@ -152,11 +152,28 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0.0)
 
 
+class DistributeConfig(_Strict):
+    """Data-parallel training with ``tf.distribute`` (README "Training on several machines")."""
+
+    strategy: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none",
+        description="none: one device; mirrored: every local GPU (MirroredStrategy); "
+        "multi_worker: every worker named in the TF_CONFIG environment variable (MultiWorkerMirroredStrategy)",
+    )
+    scale_learning_rate: bool = Field(
+        True, description="multiply train.learning_rate by the number of replicas (the global batch grows with them)"
+    )
+    cpu_replicas: int = Field(
+        0, ge=0, le=64,
+        description="mirrored: split the CPU into this many logical devices, one replica each (try the strategy without GPUs); 0 = off",
+    )
+
+
 class TrainConfig(_Strict):
     """How the train stage fits the model (``pipeline.stages.train``)."""
 
     epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, le=65_536)
+    batch_size: int = Field(32, ge=1, le=65_536, description="documents per replica per step (global batch = this x replicas)")
     optimizer: Literal["adam", "sgd"] = "adam"
     learning_rate: float = Field(2e-3, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only (the HAN paper: SGD, momentum 0.9)")
@@ -170,6 +187,7 @@ class TrainConfig(_Strict):
     )
     resume: bool = Field(True, description="continue an interrupted run from its last finished epoch")
     deterministic: bool = Field(True, description="TensorFlow op determinism (same metrics on CPU from the seed)")
+    distribute: DistributeConfig = Field(default_factory=DistributeConfig)
 
 
 class GateConfig(_Strict):

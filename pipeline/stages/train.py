@@ -55,6 +55,7 @@ class TrainResult:
     output_dir: Path
     manifest: dict[str, Any]
     skipped: bool
+    chief: bool = True  # False on the other workers of a multi-worker run: they write nothing
 
 
 def _log(message: str) -> None:
@@ -212,14 +213,25 @@ def _setup_determinism(config: PipelineConfig) -> None:
 
 
 def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation) -> TrainResult:
+    import contextlib
+
     import mlflow
 
+    from pipeline import distribute
     from pipeline.batching import bucketed_batches, document_sizes, make_dataset, padding_efficiency
     from pipeline.model import build_han, compile_han, load_pretrained_embeddings
     from pipeline.tracking import stage_run
 
     settings = config.train
     started = time.perf_counter()
+    # The strategy first: MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
+    try:
+        distribution = distribute.setup(settings.distribute)
+    except distribute.DistributeError as err:
+        raise TrainError(str(err)) from None
+    chief = distribution.is_chief
+    if distribution.strategy is not None:
+        _log(distribution.describe())
     _setup_determinism(config)
     vocab_tokens: list[str] = read_json(prep_dir / "vocab.json")["tokens"]
     embedding_matrix = None
@@ -227,14 +239,26 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         embedding_matrix, coverage = load_pretrained_embeddings(
             config.model.embedding.pretrained_path, vocab_tokens, config.model.embedding.dim, seed=config.seed)
         _log(f"pretrained embeddings cover {coverage:.1%} of the vocabulary")
-    model = build_han(config.model, vocab_size=len(vocab_tokens), num_classes=len(labels), embedding_matrix=embedding_matrix)
+    replicas = distribution.replicas
+    global_batch = settings.batch_size * replicas
+    rate = settings.learning_rate * (replicas if settings.distribute.scale_learning_rate else 1)
 
     sentences, longest = document_sizes(train)
     sizes = sentences * longest
-    steps_per_epoch = len(bucketed_batches(sizes, settings.batch_size, bucket_batches=settings.bucket_batches,
-                                           seed=config.seed, epoch=0))
-    trainer = compile_han(model, config.model, optimizer=build_optimizer(settings, steps_per_epoch))
-    trainer.optimizer.build(trainer.trainable_variables)
+
+    def plan(epoch: int) -> list[np.ndarray]:
+        return distribute.replica_batches(
+            bucketed_batches(sizes, global_batch, bucket_batches=settings.bucket_batches, seed=config.seed, epoch=epoch),
+            replicas)
+
+    steps_per_epoch = len(plan(0))
+    with distribution.scope():
+        model = build_han(config.model, vocab_size=len(vocab_tokens), num_classes=len(labels),
+                          embedding_matrix=embedding_matrix)
+        trainer = compile_han(model, config.model,
+                              optimizer=build_optimizer(settings.model_copy(update={"learning_rate": rate}), steps_per_epoch))
+        trainer.optimizer.build(trainer.trainable_variables)
+        distribute.prepare_trainer(trainer, distribution)
     weights = None
     if settings.class_weights == "balanced":
         weights = class_weights(train.labels, len(labels))[train.labels]
@@ -246,7 +270,9 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     val_dataset = None
     if has_validation:
         v_sentences, v_longest = document_sizes(validation)
-        val_dataset = make_dataset(validation, bucketed_batches(v_sentences * v_longest, config.evaluate.batch_size))
+        val_plan = distribute.replica_batches(bucketed_batches(v_sentences * v_longest, config.evaluate.batch_size * replicas),
+                                              replicas)
+        val_dataset = distribute.distributed_dataset(distribution, lambda b: make_dataset(validation, b), val_plan)
 
     checkpoints = Checkpoints(config.artifacts_dir() / "train.resume", key)
     state: dict[str, Any] = {"epochs_done": 0, "history": {}, "best_epoch": None, "best_value": None, "wait": 0,
@@ -258,31 +284,40 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         assign_variables(model.variables, {k: v for k, v in current.items() if k.startswith("v")})
         assign_variables(trainer.optimizer.variables, {k.removeprefix("opt_"): v for k, v in current.items() if k.startswith("opt_")})
         _log(f"resuming after epoch {state['epochs_done']} from {checkpoints.directory}")
-    else:
+    elif chief:
         checkpoints.clear()
+    distribute.check_agreement(distribution, {"epochs done (from the checkpoint)": state["epochs_done"],
+                                              "data and settings fingerprint": int(key[:12], 16)})
 
-    _close_dead_attempts(state["runs"])
+    if chief:
+        _close_dead_attempts(state["runs"])
     mode_max = monitor.endswith("accuracy")
     tags = {"han.fingerprint": key, "han.preprocess_fingerprint": str(prep_manifest.get("fingerprint"))}
     if state["runs"]:
         tags["han.resumed_from"] = state["runs"][-1]
-    with stage_run(config, "train", tags) as run:
-        state["runs"].append(run.info.run_id)
-        # A resumed run re-logs the epochs it inherited, so its curves are whole.
-        for epoch_index in range(state["epochs_done"]):
-            mlflow.log_metrics({k: v[epoch_index] for k, v in state["history"].items()}, step=epoch_index + 1)
-        mlflow.log_params({"train.steps_per_epoch": steps_per_epoch, "data.train_documents": len(train),
-                           "data.validation_documents": len(validation), "model.parameters": model.count_params()})
+    # Only the chief logs to MLflow and writes checkpoints and outputs; the other workers train alongside.
+    with stage_run(config, "train", tags) if chief else contextlib.nullcontext() as run:
+        if chief:
+            state["runs"].append(run.info.run_id)
+            # A resumed run re-logs the epochs it inherited, so its curves are whole.
+            for epoch_index in range(state["epochs_done"]):
+                mlflow.log_metrics({k: v[epoch_index] for k, v in state["history"].items()}, step=epoch_index + 1)
+            mlflow.log_params({"train.steps_per_epoch": steps_per_epoch, "data.train_documents": len(train),
+                               "data.validation_documents": len(validation), "model.parameters": model.count_params(),
+                               "distribute.kind": distribution.kind, "distribute.replicas": replicas,
+                               "distribute.workers": distribution.workers, "train.global_batch_size": global_batch,
+                               "train.effective_learning_rate": rate})
         _log(f"{len(train):,} training / {len(validation):,} validation documents, {len(labels)} classes, "
-             f"{model.count_params():,} parameters, {steps_per_epoch} batches per epoch of up to {settings.batch_size}")
+             f"{model.count_params():,} parameters, {steps_per_epoch} batches per epoch of up to {global_batch}"
+             + (f" ({settings.batch_size} per replica x {replicas}, learning rate {rate:g})" if replicas > 1 else ""))
 
         for epoch in range(state["epochs_done"], settings.epochs):
             if state["stopped_early"]:
                 break
             epoch_started = time.perf_counter()
-            batches = bucketed_batches(sizes, settings.batch_size, bucket_batches=settings.bucket_batches,
-                                       seed=config.seed, epoch=epoch)
-            dataset = make_dataset(train, batches, sample_weights=weights)
+            batches = plan(epoch)
+            dataset = distribute.distributed_dataset(
+                distribution, lambda b: make_dataset(train, b, sample_weights=weights), batches)
             fit = trainer.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_dataset, verbose=0, shuffle=False,
                               callbacks=[_BatchProgress(epoch, settings.epochs, len(batches))])
             logs = {name: float(values[-1]) for name, values in fit.history.items()}
@@ -304,17 +339,23 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                 state["stopped_early"] = True
             state["epochs_done"] = epoch + 1
             state["seconds"] += time.perf_counter() - epoch_started
-            mlflow.log_metrics(logs, step=epoch + 1)
+            if chief:
+                mlflow.log_metrics(logs, step=epoch + 1)
             print(_epoch_line(epoch + 1, settings.epochs, logs, time.perf_counter() - epoch_started, improved),
                   file=sys.stderr, flush=True)
-            current = variables_dict(model.variables)
-            current.update({f"opt_{k}": v for k, v in variables_dict(trainer.optimizer.variables).items()})
-            checkpoints.save(state, current, best_values)
+            if chief:
+                current = variables_dict(model.variables)
+                current.update({f"opt_{k}": v for k, v in variables_dict(trainer.optimizer.variables).items()})
+                checkpoints.save(state, current, best_values)
             if state["stopped_early"]:
                 _log(f"stopping early: {monitor} has not improved for {patience} epochs")
                 break
 
         assign_variables(model.variables, best_values)
+        if not chief:
+            _log(f"worker {distribution.worker_index} done after {state['epochs_done']} epochs; "
+                 "the chief writes the outputs and logs to MLflow")
+            return TrainResult(out_dir, {}, skipped=False, chief=False)
         result = _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch)
     checkpoints.clear()
     _log(f"best epoch {state['best_epoch']} of {state['epochs_done']} ({monitor} {state['best_value']:.4f}); "
