@@ -15,7 +15,7 @@ STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve dag-test test test-slow bench bench-quick lint ui clean
+.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve dag-test test test-slow bench bench-quick bench-memory lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -70,6 +70,9 @@ bench: $(STAMP) ## HAN vs reference HAN vs TF-IDF+LR on BBC and IMDB, then prepr
 
 bench-quick: $(STAMP) ## the same comparison on 30 documents per class, 2 epochs: a smoke run (minutes)
 	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.compare --quick --datasets $(DATASETS)
+
+bench-memory: $(STAMP) ## peak RSS of preprocess, the training stream and training at 25k and 100k IMDB documents
+	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.memory $(if $(QUICK),--quick)
 
 lint: $(STAMP) ## ruff over the package, DAGs, tests and benchmarks
 	$(PY) -m ruff check pipeline dags tests benchmarks

@@ -166,15 +166,15 @@ def han_training_flops(config: PipelineConfig, words: int, sentences: int) -> fl
 
 
 def run_han(config: PipelineConfig) -> dict[str, Any]:
-    from pipeline.batching import EncodedSplit
     from pipeline.model import document_outputs, inference_function, load_han
     from pipeline.serving import RawTextClassifier
+    from pipeline.shards import load_split
     from pipeline.stages import train
 
     prep = config.stage_dir("preprocess")
     trained = train.run(config, force=True)
     manifest = trained.manifest
-    train_split, test = EncodedSplit.load(prep / "train.npz"), EncodedSplit.load(prep / "test.npz")
+    train_split, test = load_split(prep, "train"), load_split(prep, "test")
     epochs, seconds = int(manifest["epochs_run"]), float(manifest["train_seconds"])
 
     infer = inference_function(load_han(trained.output_dir / "model.keras"))
@@ -203,14 +203,14 @@ def run_reference(config: PipelineConfig) -> dict[str, Any]:
     import tensorflow as tf
 
     from benchmarks.reference_han import MAX_SENTENCES, MAX_WORDS, build_reference_han, pad_fixed
-    from pipeline.batching import EncodedSplit
     from pipeline.serving import RawTextClassifier
+    from pipeline.shards import load_split
     from pipeline.text import TextProcessor
     from pipeline.vocab import Vocabulary
 
     keras.utils.set_random_seed(config.seed)
     prep = config.stage_dir("preprocess")
-    splits = {name: EncodedSplit.load(prep / f"{name}.npz") for name in ("train", "validation", "test")}
+    splits = {name: load_split(prep, name) for name in ("train", "validation", "test")}
     x = {name: pad_fixed(split.documents()) for name, split in splits.items()}
     labels = json.loads((prep / "labels.json").read_text())
     vocab = Vocabulary.load(prep / "vocab.json")

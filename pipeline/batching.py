@@ -1,4 +1,4 @@
-"""Ragged encoded documents (the preprocess stage's ``*.npz``) -> dense int batches padded only to their own maxima."""
+"""Ragged encoded documents (the preprocess stage's shards, ``<split>-NNNNN.npz``) -> dense int batches padded only to their own maxima."""
 
 from __future__ import annotations
 
@@ -49,33 +49,12 @@ def pad_batch(documents: list[list[np.ndarray]]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- batch plans and tf.data
-def bucketed_batches(
-    lengths: np.ndarray, batch_size: int, *, bucket_batches: int = 20, seed: int | None = None, epoch: int = 0
-) -> list[np.ndarray]:
-    """Document indices grouped into batches of similar size, so that padding stays small.
-
-    ``lengths`` is one size key per document (e.g. sentences x longest sentence). With a
-    ``seed`` (training): documents are shuffled from ``(seed, epoch)``, cut into windows of
-    ``bucket_batches`` batches, sorted by length inside each window and batched, and the batches
-    are shuffled again, so every epoch sees a different but reproducible order (a resumed run
-    replays exactly the epochs it missed). Without a seed (evaluation): all documents sorted by
-    length, batched in that order.
-    """
-    count = len(lengths)
-    if count == 0:
-        return []
-    if seed is None:
-        order = np.argsort(lengths, kind="stable")
-        return [order[i : i + batch_size] for i in range(0, count, batch_size)]
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(count)
-    window = batch_size * bucket_batches
-    batches: list[np.ndarray] = []
-    for start in range(0, count, window):
-        chunk = order[start : start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
+def bucketed_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Document indices sorted by size (e.g. sentences x longest sentence) and cut into batches,
+    so that each batch pads little (evaluation and validation; training streams its own
+    shuffled, bucketed batches, ``pipeline.shards.TrainingStream``)."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
 
 
 def document_sizes(split: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
@@ -86,13 +65,6 @@ def document_sizes(split: EncodedSplit) -> tuple[np.ndarray, np.ndarray]:
     if nonempty.any():
         longest[nonempty] = np.maximum.reduceat(split.sentence_lengths, starts[nonempty])
     return split.document_lengths.astype(np.int64), longest
-
-
-def padding_efficiency(split: EncodedSplit, batches: list[np.ndarray]) -> float:
-    """Real tokens / padded cells over a batch plan (1.0 = no padding at all)."""
-    sentences, longest = document_sizes(split)
-    cells = sum(len(b) * int(sentences[b].max(initial=1)) * int(longest[b].max(initial=1)) for b in batches)
-    return float(len(split.tokens) / cells) if cells else 1.0
 
 
 def make_dataset(

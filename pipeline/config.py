@@ -112,6 +112,7 @@ class PreprocessConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
     workers: int = Field(0, ge=0, le=64, description="0 = one per CPU core")
+    shard_documents: int = Field(10_000, ge=1, description="documents per output shard (<split>-NNNNN.npz)")
 
 
 class AttentionConfig(_Strict):
@@ -184,6 +185,12 @@ class TrainConfig(_Strict):
     class_weights: Literal["none", "balanced"] = "none"
     bucket_batches: int = Field(
         20, ge=1, description="documents of this many batches are sorted by length together, then batched"
+    )
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="stop each epoch after this many batches (huge corpora: an epoch of N steps); null = the whole split"
+    )
+    shuffle_buffer: int = Field(
+        10_000, ge=1, description="documents shuffled together while streaming the training shards (memory grows with it)"
     )
     resume: bool = Field(True, description="continue an interrupted run from its last finished epoch")
     deterministic: bool = Field(True, description="TensorFlow op determinism (same metrics on CPU from the seed)")

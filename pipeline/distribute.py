@@ -194,19 +194,17 @@ def replica_batches(batches: list[np.ndarray], replicas: int) -> list[np.ndarray
     return merged
 
 
-def distributed_dataset(distribution: Distribution, build, batches: list[np.ndarray]):
-    """The dataset ``fit`` reads: ``build(per_replica_batches)`` on each worker, distributed by the strategy.
+def distributed_dataset(distribution: Distribution, make):
+    """The dataset ``fit`` reads: ``make(workers, worker)`` on each worker, distributed by the strategy.
 
-    ``build`` turns a list of index arrays into a ``tf.data.Dataset`` yielding one batch per array,
-    in order (``pipeline.batching.make_dataset``). Without a strategy: ``build(batches)``.
+    ``make`` returns a ``tf.data.Dataset`` yielding, per step, the batches of that worker's local
+    replicas in replica order (``worker_batches``). Without a strategy: ``make(1, 0)``.
     """
     if distribution.strategy is None:
-        return build(batches)
-    replicas = distribution.replicas
+        return make(1, 0)
 
     def per_worker(input_context):
-        return build(worker_batches(batches, replicas, input_context.num_input_pipelines,
-                                    input_context.input_pipeline_id))
+        return make(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
     return distribution.strategy.distribute_datasets_from_function(per_worker)
 

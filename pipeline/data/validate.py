@@ -48,31 +48,43 @@ class ValidationResult:
 def validate_documents(
     records: Iterable[RawDocument | Rejected], allowed_labels: list[str] | None, max_chars: int
 ) -> ValidationResult:
-    """Sort ``records`` into kept documents and quarantined ones.
+    """Sort ``records`` into kept documents and quarantined ones (all in memory; see ``Validator``)."""
+    result = ValidationResult()
+    validator = Validator(allowed_labels, max_chars)
+    for record in records:
+        result.input_count += 1
+        outcome = validator.check(record)
+        (result.quarantined if isinstance(outcome, Rejected) else result.kept).append(outcome)
+    result.labels = sorted({doc.label for doc in result.kept if doc.label is not None})
+    return result
+
+
+class Validator:
+    """Checks one record at a time, so a stream of any length can be validated.
 
     Checks, in order: text present (``empty_text``), at most ``max_chars`` characters
     (``too_large``), a label (``missing_label``), one of ``allowed_labels`` when given
     (``unknown_label``), an id not seen before (``duplicate_id``: the first is kept). A document
     without an id gets its ``source`` as id. ``Rejected`` records from the reader pass through.
+    It remembers each id and where it was first seen (for the duplicate check), nothing else.
     """
-    result = ValidationResult()
-    allowed = set(allowed_labels) if allowed_labels is not None else None
-    first_source: dict[str, str] = {}
-    for record in records:
-        result.input_count += 1
+
+    def __init__(self, allowed_labels: list[str] | None, max_chars: int) -> None:
+        self.allowed = set(allowed_labels) if allowed_labels is not None else None
+        self.max_chars = max_chars
+        self.first_source: dict[str, str] = {}
+
+    def check(self, record: RawDocument | Rejected) -> RawDocument | Rejected:
+        """The document (its id filled in) when it is usable, else why not."""
         if isinstance(record, Rejected):
-            result.quarantined.append(record)
-            continue
+            return record
         doc_id = record.id if record.id is not None else record.source
-        problem = _problem(record, doc_id, allowed, max_chars, first_source)
+        problem = _problem(record, doc_id, self.allowed, self.max_chars, self.first_source)
         if problem is not None:
             reason, detail = problem
-            result.quarantined.append(Rejected(record.source, reason, detail, id=record.id, label=record.label))
-            continue
-        first_source[doc_id] = record.source
-        result.kept.append(record if record.id is not None else dataclasses.replace(record, id=doc_id))
-    result.labels = sorted({doc.label for doc in result.kept if doc.label is not None})
-    return result
+            return Rejected(record.source, reason, detail, id=record.id, label=record.label)
+        self.first_source[doc_id] = record.source
+        return record if record.id is not None else dataclasses.replace(record, id=doc_id)
 
 
 def _problem(

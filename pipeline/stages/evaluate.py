@@ -150,9 +150,9 @@ def _reason(check: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def run(config: PipelineConfig) -> EvaluateResult:
-    from pipeline.batching import EncodedSplit
     from pipeline.metrics import classification_metrics, tfidf_baseline
     from pipeline.model import load_han
+    from pipeline.shards import load_split
 
     prep_dir = config.stage_dir("preprocess")
     train_dir = config.stage_dir("train")
@@ -163,7 +163,7 @@ def run(config: PipelineConfig) -> EvaluateResult:
         raise EvaluateError(f"no trained model in {train_dir}; run `make train CONFIG=...` (or `make pipeline`) first")
     started = time.perf_counter()
     labels: list[str] = read_json(prep_dir / "labels.json")
-    test = EncodedSplit.load(prep_dir / "test.npz")
+    test = load_split(prep_dir, "test")
     if len(test) == 0:
         raise EvaluateError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
     settings = config.evaluate
@@ -175,7 +175,7 @@ def run(config: PipelineConfig) -> EvaluateResult:
 
     baseline = baseline_probabilities = None
     if settings.baseline.enabled:
-        train = EncodedSplit.load(prep_dir / "train.npz")
+        train = load_split(prep_dir, "train")
         vocab_tokens = read_json(prep_dir / "vocab.json")["tokens"]
         baseline_probabilities, info = tfidf_baseline(
             token_texts(train, vocab_tokens), train.labels, token_texts(test, vocab_tokens), len(labels),

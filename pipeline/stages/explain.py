@@ -166,9 +166,9 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
 
 
 def _explain_test_split(config: PipelineConfig) -> ExplainResult:
-    from pipeline.batching import EncodedSplit
     from pipeline.faithfulness import evidence_hit_rate, faithfulness
     from pipeline.model import document_outputs, inference_function, load_han
+    from pipeline.shards import load_split
     from pipeline.text import TextProcessor
 
     started = time.perf_counter()
@@ -177,7 +177,7 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
     labels: list[str] = read_json(prep_dir / "labels.json")
     limits = read_json(prep_dir / "stats.json")["limits"]
     processor = TextProcessor.load(prep_dir / "text_processor.json")
-    test = EncodedSplit.load(prep_dir / "test.npz")
+    test = load_split(prep_dir, "test")
     if len(test) == 0:
         raise ExplainError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
     rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -12,10 +12,11 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from pipeline.data.records import RawDocument, Rejected
 from pipeline.progress import Progress
 
 # Bump when the output format or the processing changes, so old outputs are not reused.
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: sharded outputs (<split>-NNNNN.npz)
 SPLITS = ("train", "validation", "test")
 # Below this many documents, worker processes cost more than they save.
 _PARALLEL_MIN_DOCS = 2000
@@ -65,24 +66,65 @@ def _log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- reading
-def _read(config: PipelineConfig):
-    """All input records, and the reader's report of what it skipped or could not decode."""
-    from pipeline.data.readers import ReadReport, read_documents
+@dataclass(slots=True)
+class _Kept:
+    """What stays in memory per kept document (the text waits in a spool file): enough to assign splits."""
 
-    report = ReadReport()
+    label: str
+    split: str | None
+
+
+def _records(config: PipelineConfig, report):
     if config.data.format == "demo":
         from pipeline.data import demo
 
-        return list(demo.generate_demo_corpus(config.data.demo, seed=config.seed)), report
+        return demo.generate_demo_corpus(config.data.demo, seed=config.seed)
+    from pipeline.data.readers import read_documents
 
     path = config.resolved_data_path()
     assert path is not None  # the config validator requires data.path for every other format
-    items: list[RawDocument | Rejected] = []
-    with Progress("read documents") as progress:
-        for item in read_documents(config.data, path, report=report):
-            items.append(item)
+    return read_documents(config.data, path, report=report)
+
+
+def _scan(config: PipelineConfig, spool: Path) -> tuple[list[_Kept], list[Rejected], Any, int]:
+    """Pass 1: read and validate every input record once; kept documents are spooled to disk in order."""
+    from pipeline.data.readers import ReadReport
+    from pipeline.data.validate import Validator
+
+    report = ReadReport()
+    validator = Validator(config.data.labels, config.data.max_chars)
+    kept: list[_Kept] = []
+    quarantined: list[Rejected] = []
+    count = 0
+    with open(spool, "w", encoding="utf-8") as out, Progress("read documents") as progress:
+        for record in _records(config, report):
+            count += 1
             progress.advance()
-    return items, report
+            outcome = validator.check(record)
+            if isinstance(outcome, Rejected):
+                quarantined.append(outcome)
+                continue
+            kept.append(_Kept(sys.intern(outcome.label), outcome.split))
+            out.write(json.dumps({"id": outcome.id, "label": outcome.label, "source": outcome.source,
+                                  "text": outcome.text, "meta": outcome.meta}, ensure_ascii=False) + "\n")
+    return kept, quarantined, report, count
+
+
+def _spooled(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)
+
+
+def _blocks(rows, size: int):
+    block = []
+    for row in rows:
+        block.append(row)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 # --------------------------------------------------------------------------- splits
@@ -147,38 +189,52 @@ class _TokenizerPool:
     """Worker processes started early, so their start-up overlaps Punkt training.
 
     forkserver, not fork: safe even when the caller (a test, an Airflow task) has
-    TensorFlow threads running.
+    TensorFlow threads running. The processor goes to the workers once, as a JSON file.
     """
 
     def __init__(self, workers: int, documents: int) -> None:
         self.executor = None
+        self.workers = 1
+        self._folder = None
         if workers > 1 and documents >= _PARALLEL_MIN_DOCS:
             self.executor = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
             for _ in range(workers):
                 self.executor.submit(_warm_worker)
             self.workers = workers
 
-    def tokenize(self, processor, texts: list[str]) -> list[tuple[list[str], list[list[str]]]]:
-        chunks = [texts[i : i + _CHUNK_DOCS] for i in range(0, len(texts), _CHUNK_DOCS)]
-        results: list[tuple[list[str], list[list[str]]]] = []
-        with Progress("tokenize documents", total=len(texts)) as progress:
-            if self.executor is None:
-                for chunk in chunks:
-                    results.extend(processor.sentences_and_tokens(text) for text in chunk)
-                    progress.advance(len(chunk))
-                return results
-            # Chunks carry the path of the processor's JSON, not the processor itself.
-            with tempfile.TemporaryDirectory() as tmp:
-                path = str(Path(tmp) / "text_processor.json")
-                processor.save(path)
-                for chunk_result in self.executor.map(_process_chunk, [path] * len(chunks), chunks):
-                    results.extend(chunk_result)
-                    progress.advance(len(chunk_result))
-        return results
+    def tokenize(self, processor, rows):
+        """``(row, (sentences, tokens))`` for each spooled row, in order.
+
+        With workers, chunks are submitted ahead (at most ``4 x workers`` in flight), so the
+        workers keep tokenizing while this process handles finished chunks, and memory holds
+        only the chunks in flight.
+        """
+        if self.executor is None:
+            for row in rows:
+                yield row, processor.sentences_and_tokens(row["text"])
+            return
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory()
+            processor.save(str(Path(self._folder.name) / "text_processor.json"))
+        path = str(Path(self._folder.name) / "text_processor.json")
+        in_flight: deque = deque()
+        for chunk in _blocks(rows, _CHUNK_DOCS):
+            in_flight.append((chunk, self.executor.submit(_process_chunk, path, [row["text"] for row in chunk])))
+            if len(in_flight) >= 4 * self.workers:
+                yield from self._finish(in_flight.popleft())
+        while in_flight:
+            yield from self._finish(in_flight.popleft())
+
+    @staticmethod
+    def _finish(item):
+        chunk, future = item
+        yield from zip(chunk, future.result(), strict=True)
 
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(cancel_futures=True)
+        if self._folder is not None:
+            self._folder.cleanup()
 
 
 def _has_word(sentences: list[list[str]]) -> bool:
@@ -186,7 +242,8 @@ def _has_word(sentences: list[list[str]]) -> bool:
     return any(ch.isalnum() for sentence in sentences for token in sentence for ch in token)
 
 
-def _build_processor(config: PipelineConfig, train_texts: list[str]):
+def _build_processor(config: PipelineConfig, train_indices: list[int], spool: Path):
+    """The text processor; Punkt, when trained, learns from (a seeded sample of) the training split."""
     from pipeline.text import SentenceSplitter, TextProcessor, WordTokenizer, normalize_text
 
     settings = config.preprocess
@@ -195,10 +252,12 @@ def _build_processor(config: PipelineConfig, train_texts: list[str]):
         splitter = SentenceSplitter.installed(settings.punkt.extra_abbreviations)
     if splitter is None:
         rng = np.random.default_rng(config.seed)
-        sample = train_texts
-        if len(sample) > settings.punkt.train_max_documents:
-            picked = rng.choice(len(sample), settings.punkt.train_max_documents, replace=False)
-            sample = [train_texts[i] for i in sorted(picked)]
+        chosen = train_indices
+        if len(chosen) > settings.punkt.train_max_documents:
+            picked = rng.choice(len(chosen), settings.punkt.train_max_documents, replace=False)
+            chosen = [train_indices[i] for i in sorted(picked)]
+        wanted = set(chosen)
+        sample = [row["text"] for i, row in enumerate(_spooled(spool)) if i in wanted]
         started = time.perf_counter()
         splitter = SentenceSplitter.train(
             (normalize_text(t, settings.unicode_normalization) for t in sample),
@@ -213,28 +272,37 @@ def _build_processor(config: PipelineConfig, train_texts: list[str]):
 
 
 # --------------------------------------------------------------------------- stats
-def _distribution(values: Sequence[int]) -> dict[str, float]:
-    if not len(values):
+def _percentile(counts: Counter[int], q: float) -> float:
+    """``numpy.percentile`` (linear interpolation) of the values a histogram holds, without expanding it."""
+    values = np.array(sorted(counts), dtype=np.float64)
+    cumulative = np.cumsum([counts[int(v)] for v in values])
+    rank = q / 100 * (cumulative[-1] - 1)
+    lower, upper = int(np.floor(rank)), int(np.ceil(rank))
+    at = lambda r: values[np.searchsorted(cumulative, r + 1)]  # noqa: E731 (the value of the r-th smallest item)
+    return float(at(lower) + (at(upper) - at(lower)) * (rank - lower))
+
+
+def _distribution(counts: Counter[int]) -> dict[str, float]:
+    """Summary of a histogram {value: how many}: count, mean, min, percentiles, max."""
+    total = sum(counts.values())
+    if not total:
         return {"count": 0}
-    arr = np.asarray(values)
     return {
-        "count": int(arr.size),
-        "mean": round(float(arr.mean()), 3),
-        "min": int(arr.min()),
-        "p50": float(np.percentile(arr, 50)),
-        "p90": float(np.percentile(arr, 90)),
-        "p95": float(np.percentile(arr, 95)),
-        "p99": float(np.percentile(arr, 99)),
-        "max": int(arr.max()),
+        "count": int(total),
+        "mean": round(sum(v * c for v, c in counts.items()) / total, 3),
+        "min": int(min(counts)),
+        "p50": _percentile(counts, 50),
+        "p90": _percentile(counts, 90),
+        "p95": _percentile(counts, 95),
+        "p99": _percentile(counts, 99),
+        "max": int(max(counts)),
     }
 
 
-def _limits(config: PipelineConfig, train_docs: list[list[list[str]]]) -> dict[str, Any]:
+def _limits(config: PipelineConfig, sentence_counts: Counter[int], word_counts: Counter[int]) -> dict[str, Any]:
     limits = config.preprocess.limits
-    sentence_counts = [len(doc) for doc in train_docs]
-    word_counts = [len(sentence) for doc in train_docs for sentence in doc]
-    max_sentences = limits.max_sentences or max(1, math.ceil(np.percentile(sentence_counts, limits.percentile)))
-    max_words = limits.max_words or max(1, math.ceil(np.percentile(word_counts, limits.percentile)))
+    max_sentences = limits.max_sentences or max(1, math.ceil(_percentile(sentence_counts, limits.percentile)))
+    max_words = limits.max_words or max(1, math.ceil(_percentile(word_counts, limits.percentile)))
     return {
         "max_sentences": int(max_sentences),
         "max_words": int(max_words),
@@ -245,38 +313,48 @@ def _limits(config: PipelineConfig, train_docs: list[list[list[str]]]) -> dict[s
     }
 
 
-def _encode_split(vocab, docs: list[list[list[str]]], max_sentences: int, max_words: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Ragged encoding: flat token ids + per-sentence lengths + per-document sentence counts."""
-    tokens: list[int] = []
-    sentence_lengths: list[int] = []
-    document_lengths: list[int] = []
-    total_tokens = kept_tokens = docs_cut = sentences_cut = 0
-    for doc in docs:
-        total_tokens += sum(len(s) for s in doc)
-        if len(doc) > max_sentences:
-            docs_cut += 1
-        kept = doc[:max_sentences]
-        document_lengths.append(len(kept))
-        for sentence in kept:
+class _SplitStats:
+    """What the stats say about one split, gathered one document at a time."""
+
+    def __init__(self) -> None:
+        self.sentences: Counter[int] = Counter()
+        self.words: Counter[int] = Counter()
+        self.labels: Counter[str] = Counter()
+        self.tokens_total = self.tokens_kept = self.unknown = 0
+        self.docs_cut = self.sentences_cut = 0
+
+    def count(self, tokens: list[list[str]]) -> None:
+        self.sentences[len(tokens)] += 1
+        self.words.update(len(sentence) for sentence in tokens)
+
+    def encode(self, vocab, tokens: list[list[str]], max_sentences: int, max_words: int) -> list[list[int]]:
+        """The document's ids, cut to the limits; counts what was cut and what is out of vocabulary."""
+        self.tokens_total += sum(len(s) for s in tokens)
+        if len(tokens) > max_sentences:
+            self.docs_cut += 1
+        encoded = []
+        for sentence in tokens[:max_sentences]:
             if len(sentence) > max_words:
-                sentences_cut += 1
+                self.sentences_cut += 1
             ids = vocab.encode(sentence[:max_words])
-            tokens.extend(ids)
-            sentence_lengths.append(len(ids))
-            kept_tokens += len(ids)
-    arrays = {
-        "tokens": np.asarray(tokens, dtype=np.int32),
-        "sentence_lengths": np.asarray(sentence_lengths, dtype=np.int32),
-        "document_lengths": np.asarray(document_lengths, dtype=np.int32),
-    }
-    truncation = {
-        "documents_over_max_sentences": docs_cut,
-        "sentences_over_max_words": sentences_cut,
-        "tokens_total": total_tokens,
-        "tokens_kept": kept_tokens,
-        "tokens_cut_fraction": round(1 - kept_tokens / total_tokens, 6) if total_tokens else 0.0,
-    }
-    return arrays, truncation
+            encoded.append(ids)
+            self.tokens_kept += len(ids)
+        self.unknown += sum(1 for sentence in tokens for token in sentence if token not in vocab)
+        return encoded
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sentences_per_document": _distribution(self.sentences),
+            "words_per_sentence": _distribution(self.words),
+            "oov_rate": round(self.unknown / self.tokens_total, 6) if self.tokens_total else 0.0,
+            "truncation": {
+                "documents_over_max_sentences": self.docs_cut,
+                "sentences_over_max_words": self.sentences_cut,
+                "tokens_total": self.tokens_total,
+                "tokens_kept": self.tokens_kept,
+                "tokens_cut_fraction": round(1 - self.tokens_kept / self.tokens_total, 6) if self.tokens_total else 0.0,
+            },
+        }
 
 
 # --------------------------------------------------------------------------- the stage
@@ -301,10 +379,12 @@ def _input_hashes(config: PipelineConfig) -> dict[str, str]:
 
 
 def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
-    """Run the stage; returns where the outputs are and the manifest."""
-    from pipeline.data.validate import validate_documents, write_quarantine
-    from pipeline.vocab import Vocabulary
+    """Run the stage; returns where the outputs are and the manifest.
 
+    Streams: the input is read once, and the kept documents wait in spool files inside the
+    staging folder between passes (split assignment, Punkt training, tokenization, encoding), so
+    memory holds a few bytes per document plus the vocabulary counts, not the corpus.
+    """
     out_dir = config.stage_dir("preprocess")
     started = time.perf_counter()
     inputs = _input_hashes(config)
@@ -315,17 +395,37 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
         _track(config, out_dir, previous, cached=True)
         return PreprocessResult(out_dir, previous, skipped=True)
 
-    items, read_report = _read(config)
-    validation = validate_documents(items, config.data.labels, config.data.max_chars)
-    kept, quarantined = list(validation.kept), list(validation.quarantined)
+    with atomic_directory(out_dir) as staging:
+        spool = staging / ".spool"
+        spool.mkdir()
+        manifest, stats = _process(config, staging, spool, out_dir, fingerprint, inputs, started)
+        shutil.rmtree(spool)
+        manifest["outputs"] = output_hashes(staging)
+        write_json(staging / MANIFEST, manifest)
 
-    labels = sorted({doc.label for doc in kept if doc.label is not None})
-    if not items:
+    limits = stats["limits"]
+    _log(f"wrote {out_dir} in {stats['seconds']:.1f}s ({stats['documents_per_second']:,.0f} documents/s); "
+         f"vocabulary {stats['vocabulary']['size']:,}, limits {limits['max_sentences']} sentences x {limits['max_words']} words")
+    _track(config, out_dir, manifest, cached=False)
+    return PreprocessResult(out_dir, manifest, skipped=False)
+
+
+def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, fingerprint: str,
+             inputs: dict[str, str], started: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    from pipeline.data.validate import write_quarantine
+    from pipeline.shards import ShardWriter
+    from pipeline.vocab import Vocabulary
+
+    kept_spool, tokens_spool = spool / "kept.jsonl", spool / "tokens.jsonl"
+    kept, quarantined, read_report, input_count = _scan(config, kept_spool)
+    labels = sorted({doc.label for doc in kept})
+    if not input_count:
         raise PreprocessError(f"no documents in {config.resolved_data_path()} (data.format {config.data.format!r}): "
                               "the input is empty; check data.path and data.format")
     if not kept:
-        raise PreprocessError(f"no usable documents: all {len(items):,} inputs were quarantined "
-                              f"({dict(validation.counts()['by_reason'])}). Check data.path, data.format and the field names.")
+        by_reason = dict(Counter(r.reason for r in quarantined))
+        raise PreprocessError(f"no usable documents: all {input_count:,} inputs were quarantined "
+                              f"({by_reason}). Check data.path, data.format and the field names.")
     if len(labels) < 2:
         raise PreprocessError(f"only one label ({labels[0]!r}) among {len(kept):,} documents; a classifier needs at least two. "
                               "Check data.label_field and data.labels.")
@@ -333,28 +433,46 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     split_indices = assign_splits(kept, config.seed, config.preprocess.split.validation, config.preprocess.split.test)
     if not split_indices["train"]:
         raise PreprocessError("the training split is empty; lower preprocess.split.test/validation or add documents")
-    train_texts = [kept[i].text for i in split_indices["train"]]
-    pool = _TokenizerPool(config.preprocess.workers or os.cpu_count() or 1, len(kept))
+    split_source = "dataset" if any(doc.split for doc in kept) else f"stratified from seed {config.seed}"
+    split_of = np.full(len(kept), -1, dtype=np.int8)
+    for code, name in enumerate(SPLITS):
+        split_of[split_indices[name]] = code
+    del kept  # from here on, documents are read back from the spool
+
+    # Pass 2 and 3: fit the sentence splitter, then tokenize everything once, spooling the tokens;
+    # the training split's token and length counts build the vocabulary and the limits.
+    split_stats = {name: _SplitStats() for name in SPLITS}
+    token_counts: Counter[str] = Counter()
+    pool = _TokenizerPool(config.preprocess.workers or os.cpu_count() or 1, len(split_of))
     try:
-        processor = _build_processor(config, train_texts)
-        processed = pool.tokenize(processor, [doc.text for doc in kept])
+        processor = _build_processor(config, split_indices["train"], kept_spool)
+        index = 0
+        with open(tokens_spool, "w", encoding="utf-8") as out, \
+                Progress("tokenize documents", total=len(split_of)) as progress:
+            for row, (sentences, tokens) in pool.tokenize(processor, _spooled(kept_spool)):
+                if not _has_word(tokens):
+                    # A document whose text yields no word at all cannot be classified: quarantine it, visibly.
+                    quarantined.append(Rejected(row["source"], records.NO_TOKENS,
+                                                "no word tokens after sentence splitting and tokenization",
+                                                id=row["id"], label=row["label"]))
+                    split_of[index] = -1
+                else:
+                    name = SPLITS[split_of[index]]
+                    split_stats[name].count(tokens)
+                    if name == "train":
+                        token_counts.update(token for sentence in tokens for token in sentence)
+                    out.write(json.dumps([sentences, tokens], ensure_ascii=False) + "\n")
+                index += 1
+                progress.advance()
     finally:
         pool.close()
 
-    # A document whose text yields no word at all cannot be classified: quarantine it, visibly.
-    empty = {i for i, (_, tokens) in enumerate(processed) if not _has_word(tokens)}
-    for i in sorted(empty):
-        doc = kept[i]
-        quarantined.append(Rejected(doc.source, records.NO_TOKENS, "no word tokens after sentence splitting and tokenization",
-                                    id=doc.id, label=doc.label))
-    split_indices = {name: [i for i in idx if i not in empty] for name, idx in split_indices.items()}
-
-    input_count = len(items)
     quarantine_fraction = len(quarantined) / input_count
     by_reason = Counter(r.reason for r in quarantined)
+    split_counts = {name: int(np.sum(split_of == code)) for code, name in enumerate(SPLITS)}
     counts = {"input": input_count, "kept": input_count - len(quarantined), "quarantined": len(quarantined),
               "by_reason": dict(sorted(by_reason.items()))}
-    assert counts["input"] == counts["kept"] + counts["quarantined"] == sum(map(len, split_indices.values())) + len(quarantined)
+    assert counts["input"] == counts["kept"] + counts["quarantined"] == sum(split_counts.values()) + len(quarantined)
     _log(f"{counts['input']:,} input, {counts['kept']:,} kept, {counts['quarantined']:,} quarantined {counts['by_reason'] or ''}")
     if quarantine_fraction > config.preprocess.max_quarantine_fraction:
         report = out_dir.parent / "preprocess-rejected.jsonl"
@@ -366,76 +484,76 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
             f"See {report} for each record; fix the data or raise the limit."
         )
 
-    train_tokens = [processed[i][1] for i in split_indices["train"]]
-    token_counts: Counter[str] = Counter(tok for doc in train_tokens for sentence in doc for tok in sentence)
     vocab = Vocabulary.from_counts(token_counts, config.preprocess.vocab.min_count, config.preprocess.vocab.max_size)
-    limits = _limits(config, train_tokens)
+    limits = _limits(config, split_stats["train"].sentences, split_stats["train"].words)
     label_ids = {label: i for i, label in enumerate(labels)}
+    training_types = len(token_counts)
+    del token_counts
+
+    # Pass 4: encode and write the shards and the per-split document files.
+    shard_size = config.preprocess.shard_documents
+    writers = {name: ShardWriter(staging, name, shard_size) for name in SPLITS}
+    documents = {name: open(staging / f"{name}.documents.jsonl", "w", encoding="utf-8") for name in SPLITS}
+    try:
+        tokenized = _spooled(tokens_spool)
+        with Progress("encode and write shards", total=len(split_of)) as progress:
+            for index, row in enumerate(_spooled(kept_spool)):
+                progress.advance()
+                if split_of[index] < 0:
+                    continue
+                name = SPLITS[split_of[index]]
+                sentences, tokens = next(tokenized)
+                encoded = split_stats[name].encode(vocab, tokens, limits["max_sentences"], limits["max_words"])
+                writers[name].add(encoded, label_ids[row["label"]], row["id"])
+                split_stats[name].labels[row["label"]] += 1
+                out = {"id": row["id"], "label": row["label"], "source": row["source"], "sentences": sentences}
+                if row["meta"]:
+                    out["meta"] = row["meta"]
+                documents[name].write(json.dumps(out, ensure_ascii=False) + "\n")
+        shards = {name: [p.name for p in writer.close()] for name, writer in writers.items()}
+    finally:
+        for handle in documents.values():
+            handle.close()
+    faults.point("preprocess:writing")
 
     stats: dict[str, Any] = {
-        "documents": {name: len(idx) for name, idx in split_indices.items()},
+        "documents": split_counts,
         "labels": labels,
-        "class_balance": {name: dict(sorted(Counter(kept[i].label for i in idx).items())) for name, idx in split_indices.items()},
-        "split_source": "dataset" if any(doc.split for doc in kept) else f"stratified from seed {config.seed}",
+        "class_balance": {name: dict(sorted(split_stats[name].labels.items())) for name in SPLITS},
+        "split_source": split_source,
         "limits": limits,
         "vocabulary": {"size": len(vocab), "min_count": config.preprocess.vocab.min_count,
-                       "max_size": config.preprocess.vocab.max_size, "training_types": len(token_counts)},
+                       "max_size": config.preprocess.vocab.max_size, "training_types": training_types},
+        "shards": {"documents_per_shard": shard_size, **shards},
         "decode_error_bytes": read_report.decode_error_bytes,
         "skipped_files": len(read_report.skipped_files),
         "files_read": read_report.files_read,
         "blank_lines": read_report.blank_lines,
         "documents_with_decode_errors": read_report.documents_with_decode_errors,
         "quarantine": counts["by_reason"],
-        "splits": {},
+        "splits": {name: split_stats[name].summary() for name in SPLITS},
     }
-
-    with atomic_directory(out_dir) as staging:
-        for name, indices in split_indices.items():
-            docs_tokens = [processed[i][1] for i in indices]
-            arrays, truncation = _encode_split(vocab, docs_tokens, limits["max_sentences"], limits["max_words"])
-            np.savez(staging / f"{name}.npz",
-                     labels=np.asarray([label_ids[kept[i].label] for i in indices], dtype=np.int32),
-                     ids=np.asarray([kept[i].id for i in indices], dtype=str), **arrays)
-            with open(staging / f"{name}.documents.jsonl", "w", encoding="utf-8") as handle:
-                for i in indices:
-                    doc = kept[i]
-                    row = {"id": doc.id, "label": doc.label, "source": doc.source, "sentences": processed[i][0]}
-                    if doc.meta:
-                        row["meta"] = doc.meta
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            faults.point("preprocess:writing")
-            stats["splits"][name] = {
-                "sentences_per_document": _distribution([len(processed[i][1]) for i in indices]),
-                "words_per_sentence": _distribution([len(s) for i in indices for s in processed[i][1]]),
-                "oov_rate": round(vocab.oov_rate(docs_tokens), 6) if docs_tokens else 0.0,
-                "truncation": truncation,
-            }
-        vocab.save(staging / "vocab.json")
-        write_json(staging / "text_processor.json", processor.to_json())
-        write_json(staging / "labels.json", labels)
-        write_quarantine(staging / "quarantine.jsonl", quarantined)
-        if read_report.skipped_files:
-            write_json(staging / "skipped_files.json", read_report.skipped_files)
-        elapsed = time.perf_counter() - started
-        stats["seconds"] = round(elapsed, 3)
-        stats["documents_per_second"] = round(input_count / elapsed, 1)
-        write_json(staging / "stats.json", stats)
-        manifest = {
-            "stage": "preprocess",
-            "stage_version": STAGE_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "counts": counts,
-            "config_hash": config.section_hash("name", "seed", "data", "preprocess"),
-            "fingerprint": fingerprint,
-            "inputs": inputs,
-            "outputs": output_hashes(staging),
-        }
-        write_json(staging / MANIFEST, manifest)
-
-    _log(f"wrote {out_dir} in {elapsed:.1f}s ({stats['documents_per_second']:,.0f} documents/s); "
-         f"vocabulary {len(vocab):,}, limits {limits['max_sentences']} sentences x {limits['max_words']} words")
-    _track(config, out_dir, manifest, cached=False)
-    return PreprocessResult(out_dir, manifest, skipped=False)
+    vocab.save(staging / "vocab.json")
+    write_json(staging / "text_processor.json", processor.to_json())
+    write_json(staging / "labels.json", labels)
+    write_quarantine(staging / "quarantine.jsonl", quarantined)
+    if read_report.skipped_files:
+        write_json(staging / "skipped_files.json", read_report.skipped_files)
+    elapsed = time.perf_counter() - started
+    stats["seconds"] = round(elapsed, 3)
+    stats["documents_per_second"] = round(input_count / elapsed, 1)
+    write_json(staging / "stats.json", stats)
+    manifest = {
+        "stage": "preprocess",
+        "stage_version": STAGE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "counts": counts,
+        "config_hash": config.section_hash("name", "seed", "data", "preprocess"),
+        "fingerprint": fingerprint,
+        "inputs": inputs,
+        "outputs": {},
+    }
+    return manifest, stats
 
 
 def _track(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any], cached: bool) -> None:

@@ -76,7 +76,7 @@ def preprocess_outputs(config: PipelineConfig) -> tuple[Path, dict[str, Any]]:
     """The preprocess stage's directory and manifest, or a clear error saying how to make them."""
     directory = config.stage_dir("preprocess")
     manifest = read_manifest(directory)
-    if manifest is None or not (directory / "train.npz").is_file():
+    if manifest is None or not (directory / "train-00000.npz").is_file():
         raise TrainError(
             f"no preprocessing outputs in {directory}; run `make preprocess CONFIG=...` "
             f"(or `python -m pipeline preprocess --config ...`) first, or `make pipeline` for every stage"
@@ -108,10 +108,15 @@ def current_learning_rate(optimizer) -> float:
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """``balanced``: weight_c = n / (classes x count_c), as scikit-learn computes it (absent classes: 0)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = np.zeros(num_classes)
+    return class_weight_table(np.bincount(labels, minlength=num_classes))
+
+
+def class_weight_table(counts: np.ndarray) -> np.ndarray:
+    """``class_weights`` from the number of documents per class."""
+    counts = np.asarray(counts, dtype=np.float64)
+    weights = np.zeros(len(counts))
     present = counts > 0
-    weights[present] = len(labels) / (present.sum() * counts[present])
+    weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights
 
 
@@ -181,7 +186,7 @@ def assign_variables(variables, values: dict[str, np.ndarray]) -> None:
 # --------------------------------------------------------------------------- the stage
 def run(config: PipelineConfig, force: bool = False) -> TrainResult:
     """Train (or resume, or skip when nothing changed) and return where the outputs are."""
-    from pipeline.batching import EncodedSplit
+    from pipeline.shards import load_split, shard_paths
 
     prep_dir, prep_manifest = preprocess_outputs(config)
     out_dir = config.stage_dir("train")
@@ -196,11 +201,22 @@ def run(config: PipelineConfig, force: bool = False) -> TrainResult:
                          "set model.multilabel=false")
 
     labels: list[str] = read_json(prep_dir / "labels.json")
-    train = EncodedSplit.load(prep_dir / "train.npz")
-    validation = EncodedSplit.load(prep_dir / "validation.npz")
-    if len(train) == 0:
+    stats = read_json(prep_dir / "stats.json")
+    train = TrainSplit(shard_paths(prep_dir, "train"), stats["documents"]["train"],
+                       np.array([stats["class_balance"]["train"].get(label, 0) for label in labels]))
+    validation = load_split(prep_dir, "validation")
+    if train.documents == 0:
         raise TrainError(f"the training split in {prep_dir} is empty; check preprocess.split")
     return _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation)
+
+
+@dataclass(frozen=True)
+class TrainSplit:
+    """The training split as the stage streams it: its shards, how many documents, how many per class."""
+
+    paths: list[Path]
+    documents: int
+    class_counts: np.ndarray
 
 
 def _setup_determinism(config: PipelineConfig) -> None:
@@ -218,8 +234,9 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     import mlflow
 
     from pipeline import distribute
-    from pipeline.batching import bucketed_batches, document_sizes, make_dataset, padding_efficiency
+    from pipeline.batching import bucketed_batches, document_sizes, make_dataset
     from pipeline.model import build_han, compile_han, load_pretrained_embeddings
+    from pipeline.shards import TrainingStream, training_dataset
     from pipeline.tracking import stage_run
 
     settings = config.train
@@ -243,15 +260,15 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     global_batch = settings.batch_size * replicas
     rate = settings.learning_rate * (replicas if settings.distribute.scale_learning_rate else 1)
 
-    sentences, longest = document_sizes(train)
-    sizes = sentences * longest
+    weights = class_weight_table(train.class_counts) if settings.class_weights == "balanced" else None
 
-    def plan(epoch: int) -> list[np.ndarray]:
-        return distribute.replica_batches(
-            bucketed_batches(sizes, global_batch, bucket_batches=settings.bucket_batches, seed=config.seed, epoch=epoch),
-            replicas)
+    def stream(epoch: int, workers: int = 1, worker: int = 0) -> TrainingStream:
+        return TrainingStream(train.paths, documents=train.documents, batch_size=global_batch,
+                              bucket_batches=settings.bucket_batches, seed=config.seed, epoch=epoch,
+                              shuffle_buffer=settings.shuffle_buffer, class_weights=weights,
+                              replicas=replicas, workers=workers, worker=worker, max_steps=settings.max_steps_per_epoch)
 
-    steps_per_epoch = len(plan(0))
+    steps_per_epoch = stream(0).steps
     with distribution.scope():
         model = build_han(config.model, vocab_size=len(vocab_tokens), num_classes=len(labels),
                           embedding_matrix=embedding_matrix)
@@ -259,10 +276,6 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                               optimizer=build_optimizer(settings.model_copy(update={"learning_rate": rate}), steps_per_epoch))
         trainer.optimizer.build(trainer.trainable_variables)
         distribute.prepare_trainer(trainer, distribution)
-    weights = None
-    if settings.class_weights == "balanced":
-        weights = class_weights(train.labels, len(labels))[train.labels]
-
     has_validation = len(validation) > 0
     monitor = settings.early_stopping.monitor if has_validation else settings.early_stopping.monitor.removeprefix("val_")
     if not has_validation:
@@ -272,7 +285,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         v_sentences, v_longest = document_sizes(validation)
         val_plan = distribute.replica_batches(bucketed_batches(v_sentences * v_longest, config.evaluate.batch_size * replicas),
                                               replicas)
-        val_dataset = distribute.distributed_dataset(distribution, lambda b: make_dataset(validation, b), val_plan)
+        val_dataset = distribute.distributed_dataset(
+            distribution, lambda workers, worker: make_dataset(validation, distribute.worker_batches(val_plan, replicas, workers, worker)))
 
     checkpoints = Checkpoints(config.artifacts_dir() / "train.resume", key)
     state: dict[str, Any] = {"epochs_done": 0, "history": {}, "best_epoch": None, "best_value": None, "wait": 0,
@@ -302,12 +316,12 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             # A resumed run re-logs the epochs it inherited, so its curves are whole.
             for epoch_index in range(state["epochs_done"]):
                 mlflow.log_metrics({k: v[epoch_index] for k, v in state["history"].items()}, step=epoch_index + 1)
-            mlflow.log_params({"train.steps_per_epoch": steps_per_epoch, "data.train_documents": len(train),
+            mlflow.log_params({"train.steps_per_epoch": steps_per_epoch, "data.train_documents": train.documents,
                                "data.validation_documents": len(validation), "model.parameters": model.count_params(),
                                "distribute.kind": distribution.kind, "distribute.replicas": replicas,
                                "distribute.workers": distribution.workers, "train.global_batch_size": global_batch,
                                "train.effective_learning_rate": rate})
-        _log(f"{len(train):,} training / {len(validation):,} validation documents, {len(labels)} classes, "
+        _log(f"{train.documents:,} training / {len(validation):,} validation documents, {len(labels)} classes, "
              f"{model.count_params():,} parameters, {steps_per_epoch} batches per epoch of up to {global_batch}"
              + (f" ({settings.batch_size} per replica x {replicas}, learning rate {rate:g})" if replicas > 1 else ""))
 
@@ -315,14 +329,18 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             if state["stopped_early"]:
                 break
             epoch_started = time.perf_counter()
-            batches = plan(epoch)
-            dataset = distribute.distributed_dataset(
-                distribution, lambda b: make_dataset(train, b, sample_weights=weights), batches)
+            streams: list[TrainingStream] = []
+
+            def epoch_dataset(workers: int, worker: int, epoch: int = epoch, streams: list = streams):
+                streams.append(stream(epoch, workers, worker))
+                return training_dataset(streams[-1])
+
+            dataset = distribute.distributed_dataset(distribution, epoch_dataset)
             fit = trainer.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_dataset, verbose=0, shuffle=False,
-                              callbacks=[_BatchProgress(epoch, settings.epochs, len(batches))])
+                              callbacks=[_BatchProgress(epoch, settings.epochs, steps_per_epoch)])
             logs = {name: float(values[-1]) for name, values in fit.history.items()}
             logs["learning_rate"] = current_learning_rate(trainer.optimizer)
-            logs["padding_efficiency"] = padding_efficiency(train, batches)
+            logs["padding_efficiency"] = streams[-1].padding_efficiency  # this worker's batches
             for name, value in logs.items():
                 state["history"].setdefault(name, []).append(value)
             value = logs[monitor]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline import shards
 from pipeline.config import load_config
 from pipeline.stages import preprocess
 from pipeline.stages.preprocess import PreprocessError
@@ -18,8 +19,8 @@ SMALL_DEMO = ["data.demo.num_documents=160"]
 
 
 def load_split(out: Path, name: str) -> dict[str, np.ndarray]:
-    with np.load(out / f"{name}.npz", allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    split = shards.load_split(out, name)
+    return {key: getattr(split, key) for key in ("tokens", "sentence_lengths", "document_lengths", "labels", "ids")}
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -33,7 +34,7 @@ def test_demo_corpus_outputs_are_complete_and_consistent():
     assert counts == {"input": 160, "kept": 160, "quarantined": 0, "by_reason": {}}
     for name in ("vocab.json", "labels.json", "text_processor.json", "stats.json", "quarantine.jsonl", "manifest.json"):
         assert (out / name).is_file(), name
-    assert set(result.manifest["outputs"]) >= {"train.npz", "vocab.json", "stats.json"}
+    assert set(result.manifest["outputs"]) >= {"train-00000.npz", "vocab.json", "stats.json"}
     vocab = json.loads((out / "vocab.json").read_text())
     total = 0
     for name in ("train", "validation", "test"):

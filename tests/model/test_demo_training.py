@@ -12,9 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.batching import EncodedSplit, pad_batch
+from pipeline.batching import pad_batch
 from pipeline.config import load_config
 from pipeline.model import build_han, compile_han
+from pipeline.shards import load_split
 from pipeline.stages import preprocess
 from pipeline.vocab import Vocabulary
 
@@ -30,8 +31,8 @@ def demo_corpus(tmp_path_factory):
         out = preprocess.run(load_config(overrides=SMALL_MODEL)).output_dir
     rows = [json.loads(line) for line in (out / "test.documents.jsonl").read_text().splitlines()]
     return {
-        "train": EncodedSplit.load(out / "train.npz"),
-        "test": EncodedSplit.load(out / "test.npz"),
+        "train": load_split(out, "train"),
+        "test": load_split(out, "test"),
         "vocab_size": len(Vocabulary.load(out / "vocab.json")),
         "evidence": [row["meta"]["evidence"] for row in rows],
     }
@@ -57,16 +58,22 @@ def test_default_han_learns_and_attends_to_the_evidence(demo_corpus):
     assert hit_rate >= 0.9, hit_rate
 
 
+# Three options in `make test` (each about 30 s), the rest in `make test-slow`. Exact masks and
+# finite gradients of every score function and mode are checked fast in test_attention.py;
+# these show that each option learns.
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("option", [
-    "model.word_attention.score=dot model.sentence_attention.score=dot",
-    "model.word_attention.score=scaled_dot model.sentence_attention.score=scaled_dot",
+    pytest.param("model.word_attention.score=dot model.sentence_attention.score=dot", marks=SLOW),
+    pytest.param("model.word_attention.score=scaled_dot model.sentence_attention.score=scaled_dot", marks=SLOW),
     "model.word_attention.score=general model.sentence_attention.score=general",
-    "model.word_attention.score=location model.sentence_attention.score=location",
-    "model.word_encoder=lstm model.sentence_encoder=lstm",
+    pytest.param("model.word_attention.score=location model.sentence_attention.score=location", marks=SLOW),
+    pytest.param("model.word_encoder=lstm model.sentence_encoder=lstm", marks=SLOW),
     "model.sentence_encoder=transformer",
     "model.sentence_attention.mode=hard",
-    "model.sentence_attention.mode=local",
-    "model.word_attention.heads=2 model.sentence_attention.heads=2",
+    pytest.param("model.sentence_attention.mode=local", marks=SLOW),
+    pytest.param("model.word_attention.heads=2 model.sentence_attention.heads=2", marks=SLOW),
 ])
 def test_every_option_learns_well_above_chance(demo_corpus, option):
     accuracy, _ = train_and_score(demo_corpus, option.split())

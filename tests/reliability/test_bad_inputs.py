@@ -334,7 +334,7 @@ def test_unknown_command(env, capsys):
 def test_a_tampered_output_is_rebuilt_not_trusted(env, capsys):
     settings = ["name=b32", "data.demo.num_documents=40"]
     assert cli(capsys, "preprocess", *set_args(settings))[0] == 0
-    (env / "artifacts" / "b32" / "preprocess" / "train.npz").write_bytes(b"not what was written")
+    (env / "artifacts" / "b32" / "preprocess" / "train-00000.npz").write_bytes(b"not what was written")
     code, out = cli(capsys, "preprocess", *set_args(settings))
     assert code == 0 and "nothing to do" not in out and "40 input = 40 kept" in out
 

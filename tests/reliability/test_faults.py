@@ -27,7 +27,7 @@ from tests.stages.conftest import make_workspace, set_args
 
 TINY = ["data.demo.num_documents=200"]
 # Files whose bytes a rerun must reproduce exactly (stats/manifest carry timings and times).
-STABLE_OUTPUTS = ("train.npz", "validation.npz", "test.npz", "train.documents.jsonl", "vocab.json", "labels.json")
+STABLE_OUTPUTS = ("train-00000.npz", "validation-00000.npz", "test-00000.npz", "train.documents.jsonl", "vocab.json", "labels.json")
 
 
 def cli(workspace, *argv: str, kill_at: str | None = None, timeout: float = 300, preexec=None,

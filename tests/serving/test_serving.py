@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from pipeline.artifacts import read_json
-from pipeline.batching import EncodedSplit, pad_batch
+from pipeline.batching import pad_batch
 from pipeline.config import PROJECT_ROOT, load_config
 from pipeline.data.demo import generate_demo_corpus
 from pipeline.model import build_han, compile_han
@@ -35,6 +35,7 @@ from pipeline.serving import (
     pinned_requirements,
     write_bundle,
 )
+from pipeline.shards import load_split
 from pipeline.stages import preprocess
 from pipeline.vocab import Vocabulary
 
@@ -56,14 +57,14 @@ def bundle(tmp_path_factory):
     labels = read_json(out / "labels.json")
     keras.utils.set_random_seed(0)
     model = build_han(config.model, vocab_size=len(Vocabulary.load(out / "vocab.json")), num_classes=len(labels))
-    train = EncodedSplit.load(out / "train.npz")
+    train = load_split(out, "train")
     compile_han(model, config.model, learning_rate=5e-3).fit(pad_batch(train.documents()), train.labels,
                                                              batch_size=32, epochs=2, verbose=0)
     model.save(root / "model.keras")
     write_bundle(root / "bundle", root / "model.keras", out)
     # The demo generator is deterministic in (config, seed): it gives back the raw text of every id.
     raw = {doc.id: doc.text for doc in generate_demo_corpus(config.data.demo, config.seed)}
-    test = EncodedSplit.load(out / "test.npz")
+    test = load_split(out, "test")
     rows = [json.loads(line) for line in (out / "test.documents.jsonl").read_text().splitlines()]
     return {"dir": root / "bundle", "preprocess": out, "model": model, "test": test, "rows": rows,
             "texts": [raw[str(i)] for i in test.ids], "classifier": RawTextClassifier.from_directory(root / "bundle")}

@@ -134,8 +134,9 @@ def test_two_workers_on_loopback_train_one_model_that_loads_and_predicts_like_a_
     assert not (workspace.root / "artifacts" / "demo" / "train.resume").exists()
 
     # The model is an ordinary single-device model: same structure, loads, predicts, and learned.
-    from pipeline.batching import EncodedSplit, pad_batch
+    from pipeline.batching import pad_batch
     from pipeline.model import build_han, load_han
+    from pipeline.shards import load_split
 
     config = workspace.config
     model = load_han(workspace.root / "artifacts" / "demo" / "train" / "model.keras")
@@ -144,7 +145,7 @@ def test_two_workers_on_loopback_train_one_model_that_loads_and_predicts_like_a_
         return [(layer.name, [tuple(w.shape) for w in layer.weights]) for layer in m.layers]
 
     assert structure(model) == structure(reference)
-    test = EncodedSplit.load(workspace.root / "artifacts" / "demo" / "preprocess" / "test.npz")
+    test = load_split(workspace.root / "artifacts" / "demo" / "preprocess", "test")
     tokens = pad_batch(test.documents())
     outputs = model(tokens, training=False)
     expected = reference(tokens, training=False)

@@ -1,0 +1,217 @@
+"""Encoded splits on disk as shards, and training batches streamed from them with bounded memory.
+
+Preprocessing writes each split as ``<split>-00000.npz``, ``<split>-00001.npz``... every shard
+holding at most ``preprocess.shard_documents`` documents in the ragged layout of
+``pipeline.batching.EncodedSplit`` (flat token ids, sentence lengths, document lengths, labels,
+ids). Numpy files, not TFRecord: they need no TensorFlow to write (importing TensorFlow alone
+costs preprocessing about 6 s and 700 MB of peak memory on the reference machine) and any tool
+reads them with ``numpy.load``.
+
+Training streams the training shards (``training_dataset``): per epoch, the shards in an order
+drawn from ``(seed, epoch)``, their documents through a shuffle buffer, then windows of
+``batch_size x bucket_batches`` documents sorted by length and cut into batches padded only to
+their own maxima. At most one shard, the shuffle buffer and one window are in memory at a time,
+however large the corpus. The same ``(seed, epoch)`` always gives the same batches, so a
+resumed run replays exactly the epochs it missed.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.batching import EncodedSplit, pad_batch
+
+SHARD_GLOB = "{split}-[0-9][0-9][0-9][0-9][0-9].npz"
+
+
+def shard_paths(directory: Path, split: str) -> list[Path]:
+    return sorted(Path(directory).glob(SHARD_GLOB.format(split=split)))
+
+
+def load_split(directory: Path, split: str) -> EncodedSplit:
+    """A whole split in memory (evaluation, explanation): its shards concatenated in order."""
+    parts = [EncodedSplit.load(path) for path in shard_paths(directory, split)]
+    if not parts:
+        return EncodedSplit(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                            np.zeros(0, np.int32), np.zeros(0, dtype=str))
+    if len(parts) == 1:
+        return parts[0]
+    return EncodedSplit(*(np.concatenate([getattr(p, name) for p in parts]) for name in
+                          ("tokens", "sentence_lengths", "document_lengths", "labels", "ids")))
+
+
+class ShardWriter:
+    """Writes one split's documents into numbered shards of at most ``shard_documents`` each."""
+
+    def __init__(self, directory: Path, split: str, shard_documents: int) -> None:
+        self.directory, self.split, self.shard_documents = Path(directory), split, shard_documents
+        self.paths: list[Path] = []
+        self.documents = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tokens, self._sentence_lengths = array("i"), array("i")
+        self._document_lengths, self._labels = array("i"), array("i")
+        self._ids: list[str] = []
+
+    def add(self, sentences: list[list[int]], label: int, doc_id: str) -> None:
+        for sentence in sentences:
+            self._tokens.extend(sentence)
+            self._sentence_lengths.append(len(sentence))
+        self._document_lengths.append(len(sentences))
+        self._labels.append(label)
+        self._ids.append(doc_id)
+        self.documents += 1
+        if len(self._ids) >= self.shard_documents:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._ids:
+            return
+        path = self.directory / f"{self.split}-{len(self.paths):05d}.npz"
+        np.savez(path, tokens=np.frombuffer(self._tokens, dtype=np.int32),
+                 sentence_lengths=np.frombuffer(self._sentence_lengths, dtype=np.int32),
+                 document_lengths=np.frombuffer(self._document_lengths, dtype=np.int32),
+                 labels=np.frombuffer(self._labels, dtype=np.int32), ids=np.asarray(self._ids, dtype=str))
+        self.paths.append(path)
+        self._reset()
+
+    def close(self) -> list[Path]:
+        self._flush()
+        return self.paths
+
+
+# --------------------------------------------------------------------------- the training stream
+def window_sizes(documents: int, window: int, replicas: int = 1) -> list[int]:
+    """How many documents each length-sorting window of an epoch holds.
+
+    Full windows of ``window``; the rest in a last one, which joins the one before when it
+    would leave a replica without a document.
+    """
+    if documents <= 0:
+        return []
+    sizes = [window] * (documents // window)
+    rest = documents % window
+    if rest:
+        if rest < replicas and sizes:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return sizes
+
+
+def window_batches(count: int, batch_size: int, replicas: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each batch in a sorted window of ``count`` documents; a last batch
+    too small to give every replica a document joins the one before."""
+    bounds = [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < replicas:
+        bounds[-2:] = [(bounds[-2][0], bounds[-1][1])]
+    return bounds
+
+
+def steps_per_epoch(documents: int, batch_size: int, bucket_batches: int, replicas: int = 1) -> int:
+    return sum(len(window_batches(size, batch_size, replicas))
+               for size in window_sizes(documents, batch_size * bucket_batches, replicas))
+
+
+class TrainingStream:
+    """One epoch's training batches, read shard by shard (see the module docstring).
+
+    ``batch_size`` is the global batch; ``max_steps`` ends the epoch early. With ``replicas`` > 1
+    each batch is yielded as the shares of this worker's replicas (``pipeline.distribute.worker_batches``: replica ``r`` takes
+    members ``r, r + replicas, ...``). After the epoch, ``padding_efficiency`` holds real tokens
+    over padded cells of the batches yielded.
+    """
+
+    def __init__(self, paths: list[Path], *, documents: int, batch_size: int, bucket_batches: int, seed: int,
+                 epoch: int, shuffle_buffer: int, class_weights: np.ndarray | None = None,
+                 replicas: int = 1, workers: int = 1, worker: int = 0, max_steps: int | None = None) -> None:
+        self.paths, self.documents = list(paths), documents
+        self.batch_size, self.bucket_batches = batch_size, bucket_batches
+        self.seed, self.epoch, self.shuffle_buffer = seed, epoch, max(1, shuffle_buffer)
+        self.class_weights = class_weights
+        self.replicas, self.workers, self.worker = replicas, workers, worker
+        self.real_tokens = self.padded_cells = 0
+        self.whole_epoch = steps_per_epoch(documents, batch_size, bucket_batches, replicas)
+        self.steps = min(self.whole_epoch, max_steps) if max_steps else self.whole_epoch
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.real_tokens / self.padded_cells if self.padded_cells else 1.0
+
+    def _documents(self, rng: np.random.Generator) -> Iterator[tuple[list[np.ndarray], int]]:
+        """Every training document once, shuffled through a buffer of ``shuffle_buffer`` documents."""
+        buffer: list[tuple[list[np.ndarray], int]] = []
+        for shard in rng.permutation(len(self.paths)):
+            split = EncodedSplit.load(self.paths[shard])
+            documents = split.documents()
+            for i in rng.permutation(len(split)):
+                # Copies: a view would keep the whole shard alive while the document sits in the buffer.
+                doc = ([sentence.copy() for sentence in documents[i]], int(split.labels[i]))
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(doc)
+                    continue
+                j = int(rng.integers(len(buffer)))
+                buffer[j], doc = doc, buffer[j]
+                yield doc
+            del split, documents
+        for j in rng.permutation(len(buffer)):
+            yield buffer[j]
+
+    def _mismatch(self) -> RuntimeError:
+        return RuntimeError(f"the training shards in {self.paths[0].parent if self.paths else '?'} do not hold the "
+                            f"{self.documents:,} documents their manifest counts; run `make preprocess` again")
+
+    def batches(self) -> Iterator[tuple[np.ndarray, ...]]:
+        """``(token_ids, labels[, weights])`` per step (per replica share under a strategy)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        stream = self._documents(rng)
+        steps = 0
+        for size in window_sizes(self.documents, self.batch_size * self.bucket_batches, self.replicas):
+            try:
+                window = [next(stream) for _ in range(size)]
+            except StopIteration:
+                raise self._mismatch() from None
+            keys = np.array([len(doc) * max((len(s) for s in doc), default=0) for doc, _ in window])
+            window = [window[i] for i in np.argsort(keys, kind="stable")]
+            bounds = window_batches(size, self.batch_size, self.replicas)
+            for b in rng.permutation(len(bounds)):
+                if steps == self.steps:
+                    return  # max_steps: the epoch ends here
+                steps += 1
+                start, stop = bounds[b]
+                members = window[start:stop]
+                for share in self._shares(members):
+                    tokens = pad_batch([doc for doc, _ in share])
+                    self.real_tokens += sum(len(s) for doc, _ in share for s in doc)
+                    self.padded_cells += tokens.size
+                    labels = np.array([label for _, label in share], dtype=np.int32)
+                    if self.class_weights is None:
+                        yield tokens, labels
+                    else:
+                        yield tokens, labels, self.class_weights[labels].astype(np.float32)
+        if next(stream, None) is not None:
+            raise self._mismatch()
+
+    def _shares(self, members: list) -> list[list]:
+        if self.replicas <= 1:
+            return [members]
+        from pipeline.distribute import worker_batches
+
+        return worker_batches([members], self.replicas, self.workers, self.worker)
+
+
+def training_dataset(stream: TrainingStream):
+    """``stream`` as a ``tf.data.Dataset`` (prefetched, so padding overlaps the training step)."""
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, None, None), tf.int32), tf.TensorSpec((None,), tf.int32)]
+    if stream.class_weights is not None:
+        signature.append(tf.TensorSpec((None,), tf.float32))
+    dataset = tf.data.Dataset.from_generator(stream.batches, output_signature=tuple(signature))
+    return dataset.prefetch(2)
+
