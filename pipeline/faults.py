@@ -18,6 +18,7 @@ POINTS = {
     "preprocess:writing": "some of the preprocessed files are written into the staging folder",
     "commit:staged": "a stage's staging folder is complete, not yet renamed into place",
     "commit:retired": "the previous outputs are moved aside, the new ones not yet in place",
+    "train:checkpointed": "an epoch's checkpoint is committed, the next epoch not started",
     "promote:tagged": "the verdict is tagged on the model version, no alias has moved",
     "promote:challenger": "the challenger alias has moved, the champion alias not yet",
 }

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import faults
 from pipeline.artifacts import (
     MANIFEST,
     atomic_directory,
@@ -365,6 +366,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                 current = variables_dict(model.variables)
                 current.update({f"opt_{k}": v for k, v in variables_dict(trainer.optimizer.variables).items()})
                 checkpoints.save(state, current, best_values)
+                faults.point("train:checkpointed")
             if state["stopped_early"]:
                 _log(f"stopping early: {monitor} has not improved for {patience} epochs")
                 break

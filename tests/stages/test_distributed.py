@@ -154,17 +154,27 @@ def test_two_workers_on_loopback_train_one_model_that_loads_and_predicts_like_a_
     assert accuracy >= 0.8, accuracy  # chance 0.25; TF-IDF + LR about 0.5 on this corpus
 
 
-def test_mirrored_strategy_over_two_logical_cpus_doubles_the_global_batch(tmp_path, monkeypatch):
-    overrides = [*SMALL, "data.demo.num_documents=200", "train.epochs=1", "train.distribute.strategy=mirrored",
+def test_mirrored_strategy_over_two_logical_cpus_doubles_the_global_batch_and_resumes_after_kill_9(tmp_path, monkeypatch):
+    overrides = [*SMALL, "data.demo.num_documents=200", "train.epochs=2", "train.distribute.strategy=mirrored",
                  "train.distribute.cpu_replicas=2", "train.distribute.scale_learning_rate=false"]
     workspace = make_workspace(tmp_path, overrides)
     workspace.activate(monkeypatch)
     assert main(["preprocess", *set_args(overrides)]) == 0
+    # Killed with SIGKILL right after the first epoch's checkpoint, under the strategy...
+    killed = _train_process(workspace, overrides, {"HAN_KILL_AT": "train:checkpointed"})
+    output, _ = killed.communicate(timeout=400)
+    assert killed.returncode == -9, output[-3000:]
+    assert "MirroredStrategy: 2 replicas, worker 0 of 1 (chief)" in output
+    assert "up to 32 (16 per replica x 2, learning rate 0.005)" in output
+    # ... the next start restores the mirrored variables and finishes the second epoch only.
     log = _finish(_train_process(workspace, overrides))
-    assert "MirroredStrategy: 2 replicas, worker 0 of 1 (chief)" in log
-    assert "up to 32 (16 per replica x 2, learning rate 0.005)" in log
-    (run,) = _train_runs(workspace)
-    assert run.data.params["distribute.replicas"] == "2"
-    assert run.data.params["train.effective_learning_rate"] == "0.005"
+    assert "resuming after epoch 1" in log
+    assert [line.split("/")[0] for line in log.splitlines() if line.startswith("train: epoch ")] == ["train: epoch 2"]
+    runs = _train_runs(workspace)
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED", "KILLED"}
+    finished = next(run for run in runs if run.info.status == "FINISHED")
+    assert finished.data.params["distribute.replicas"] == "2"
+    assert finished.data.params["train.effective_learning_rate"] == "0.005"
+    manifest = json.loads((workspace.root / "artifacts" / "demo" / "train" / "manifest.json").read_text())
+    assert manifest["epochs_run"] == 2
     assert load_config(None, overrides).train.distribute.cpu_replicas == 2
-    assert (workspace.root / "artifacts" / "demo" / "train" / "model.keras").is_file()
