@@ -99,7 +99,8 @@ def han_retrain():
         return {"output_dir": str(result.output_dir), "fingerprint": result.manifest["fingerprint"],
                 "counts": result.manifest["counts"], "skipped": result.skipped}
 
-    @task
+    # The train task can go to its own executor queue (the machine with the GPUs); the others run anywhere.
+    @task(**({"queue": SETTINGS.train_queue} if SETTINGS.train_queue else {}))
     def train(prep: dict[str, Any]) -> dict[str, Any]:
         from pipeline.stages import train as stage
 

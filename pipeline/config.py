@@ -249,6 +249,10 @@ class RetrainConfig(_Strict):
     retry_delay_seconds: float = Field(300.0, gt=0)
     max_retry_delay_seconds: float = Field(3600.0, gt=0, description="cap of the exponential backoff")
     explain: bool = Field(True, description="write the attention report of the new model after promotion")
+    train_queue: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="executor queue of the train task (CeleryExecutor: the workers on the training machine); null = default",
+    )
 
 
 class ServeConfig(_Strict):

@@ -28,12 +28,12 @@ print(json.dumps({
     "tasks": sorted(t.task_id for t in dag.tasks), "schedule": str(dag.schedule), "catchup": dag.catchup,
     "retries": {t.task_id: t.retries for t in dag.tasks}, "backoff": dag.tasks[0].retry_exponential_backoff,
     "delay": dag.tasks[0].retry_delay.total_seconds(), "max_active_runs": dag.max_active_runs,
-    "tensorflow_imported": "tensorflow" in sys.modules,
+    "tensorflow_imported": "tensorflow" in sys.modules, "queues": {t.task_id: t.queue for t in dag.tasks},
 }))
 """
     done = subprocess.run([sys.executable, "-c", code, str(PROJECT_ROOT / "dags")], capture_output=True, text=True,
                           cwd=PROJECT_ROOT, timeout=300, check=False,
-                          env={**airflow_env(tmp_path, PROJECT_ROOT / "configs" / "default.yaml"), "HAN_SET": "retrain.retries=3"})
+                          env={**airflow_env(tmp_path, PROJECT_ROOT / "configs" / "default.yaml"), "HAN_SET": "retrain.retries=3 retrain.train_queue=gpu"})
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["errors"] == {} and info["dags"] == ["han_retrain"]
@@ -43,6 +43,8 @@ print(json.dumps({
     assert set(info["retries"].values()) == {3}  # HAN_SET reaches the DAG's settings
     assert info["backoff"] and info["delay"] == timedelta(seconds=300).total_seconds()
     assert info["tensorflow_imported"] is False  # parsing stays light: TensorFlow loads inside tasks only
+    # Only training goes to the configured queue; the rest stay on the executor's default.
+    assert info["queues"].pop("train") == "gpu" and set(info["queues"].values()) == {"default"}
 
 
 def test_first_run_trains_and_promotes_the_champion(retrained, client):
