@@ -31,6 +31,8 @@ CSV_DEFAULT_FIELD_LIMIT = 131_072  # Python's own default for csv.field_size_lim
 # ``surrogateescape`` turns each undecodable byte into one of these code points: counting them
 # counts the invalid bytes.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+# A JSON string may spell a lone surrogate ("\\ud800"), which no UTF-8 file can hold.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -432,7 +434,7 @@ def _scalar(value: Any) -> str | None:
         return None
     if isinstance(value, (list, dict, tuple)):
         raise TypeError(type(value).__name__)
-    text = str(value).strip()
+    text = _LONE_SURROGATE.sub("\ufffd", str(value).strip())  # writable as UTF-8, like the text
     return text or None
 
 
@@ -442,6 +444,10 @@ def _make_document(
     text = record.get(config.text_field)
     if isinstance(text, bytes):  # a binary Parquet column
         text, extra = _decode(text, config.encoding, config.encoding_fallback)
+        invalid += extra
+        report.decode_error_bytes += extra
+    elif isinstance(text, str) and _LONE_SURROGATE.search(text):  # e.g. "\\ud800" in a JSON string
+        text, extra = _LONE_SURROGATE.subn("\ufffd", text)
         invalid += extra
         report.decode_error_bytes += extra
     report.documents_with_decode_errors += invalid > 0

@@ -112,6 +112,20 @@ def test_non_utf8_file_is_decoded_with_the_fallback_and_counted(env, capsys):
     assert "Café story." in texts  # decoded as latin-1, not mangled
 
 
+@pytest.mark.bad_input("B43")
+def test_lone_surrogate_escape_in_json_text_is_replaced_and_counted(env, capsys):
+    # Valid JSON, but "\ud800" alone is no character: no UTF-8 file can hold it.
+    data = jsonl(env / "b43.jsonl", GOOD, ['{"id": "s1", "text": "Apple st\\ud800ory. The apples grow well.", "label": "a"}'])
+    code, out = preprocess(capsys, "b43", data, "jsonl")
+    assert code == 0, out
+    assert quarantined(env, "b43", len(GOOD) + 1, len(GOOD) + 1) == []
+    prep = env / "artifacts" / "b43" / "preprocess"
+    stats = json.loads((prep / "stats.json").read_text())
+    assert stats["decode_error_bytes"] == 1 and stats["documents_with_decode_errors"] == 1
+    texts = "".join((prep / f"{split}.documents.jsonl").read_text() for split in ("train", "validation", "test"))
+    assert "Apple st\ufffdory." in texts
+
+
 @pytest.mark.bad_input("B05")
 def test_binary_file_among_the_documents(env, capsys):
     folder = class_folders(env / "b05")
