@@ -178,3 +178,22 @@ def test_mirrored_strategy_over_two_logical_cpus_doubles_the_global_batch_and_re
     manifest = json.loads((workspace.root / "artifacts" / "demo" / "train" / "manifest.json").read_text())
     assert manifest["epochs_run"] == 2
     assert load_config(None, overrides).train.distribute.cpu_replicas == 2
+
+
+@pytest.mark.slow
+def test_workers_that_read_different_data_stop_with_a_clear_error_instead_of_training(tmp_path, monkeypatch):
+    # Each worker with its own artifacts folder, preprocessed from a different seed: not shared storage.
+    overrides = [*SMALL, "data.demo.num_documents=200", "train.epochs=1", "train.distribute.strategy=multi_worker"]
+    workspaces = [make_workspace(tmp_path / f"w{i}", [*overrides, f"seed={i + 1}"]) for i in range(2)]
+    for workspace in workspaces:
+        workspace.activate(monkeypatch)
+        assert main(["preprocess", *set_args(workspace.overrides)]) == 0
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = [_train_process(w, w.overrides, {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+               for i, w in enumerate(workspaces)]
+    for process in workers:
+        output, _ = process.communicate(timeout=400)
+        assert process.returncode == 2, output[-3000:]
+        assert "the workers disagree on data and settings fingerprint" in output
+        assert "HAN_ARTIFACTS_DIR on storage all of them share" in output
+    assert not any((w.root / "artifacts" / "demo" / "train").exists() for w in workspaces)
