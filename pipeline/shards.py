@@ -213,5 +213,9 @@ def training_dataset(stream: TrainingStream):
     if stream.class_weights is not None:
         signature.append(tf.TensorSpec((None,), tf.float32))
     dataset = tf.data.Dataset.from_generator(stream.batches, output_signature=tuple(signature))
+    # The length is known: Keras then knows the steps of the epoch (and a stream that yields
+    # another number of batches is an error, not a silently shorter epoch).
+    shares = stream.replicas // stream.workers if stream.replicas > 1 else 1
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(stream.steps * shares))
     return dataset.prefetch(2)
 
