@@ -8,8 +8,10 @@ Output: ``artifacts/<name>/train/``:
 - ``history.json``, ``training_curves.png``, ``manifest.json`` (fingerprint, best epoch, MLflow
   run id, registered model version).
 
-Batches come from ``tf.data`` (``pipeline.batching``), bucketed by length and padded only to their
-own maxima; the order of each epoch is drawn from ``(seed, epoch)``. After every epoch the stage
+Training batches stream from the preprocessed shards through ``tf.data`` (``pipeline.shards``),
+bucketed by length and padded only to their own maxima, with bounded memory; the order of each
+epoch is drawn from ``(seed, epoch)``. Under ``train.distribute`` (``pipeline.distribute``) the
+chief alone logs, checkpoints and writes outputs. After every epoch the stage
 writes a checkpoint to ``artifacts/<name>/train.resume/`` (all model variables, including the
 dropout seed states, the optimizer state, history and early-stopping state); a run that is
 killed, even with ``kill -9``, continues from its last finished epoch on the next start and ends
