@@ -98,17 +98,22 @@ def test_document_without_words(env, capsys):
     one_quarantined(env, capsys, "b03", {"id": "x", "text": "... !!! ???", "label": "a"}, "no_tokens")
 
 
+def kept_with_one_decode_error(env: Path, name: str) -> str:
+    """Every document kept, one decode error counted in stats.json; the kept documents' text."""
+    assert quarantined(env, name, len(GOOD) + 1, len(GOOD) + 1) == []
+    prep = env / "artifacts" / name / "preprocess"
+    stats = json.loads((prep / "stats.json").read_text())
+    assert stats["decode_error_bytes"] == 1 and stats["documents_with_decode_errors"] == 1
+    return "".join((prep / f"{split}.documents.jsonl").read_text() for split in ("train", "validation", "test"))
+
+
 @pytest.mark.bad_input("B04")
 def test_non_utf8_file_is_decoded_with_the_fallback_and_counted(env, capsys):
     folder = class_folders(env / "b04")
     (folder / "a" / "latin.txt").write_bytes("Caf\u00e9 story. The apples grow in spring.".encode("latin-1"))
     code, out = preprocess(capsys, "b04", folder, "folder")
     assert code == 0, out
-    assert quarantined(env, "b04", len(GOOD) + 1, len(GOOD) + 1) == []
-    prep = env / "artifacts" / "b04" / "preprocess"
-    stats = json.loads((prep / "stats.json").read_text())
-    assert stats["decode_error_bytes"] == 1 and stats["documents_with_decode_errors"] == 1
-    texts = "".join((prep / f"{split}.documents.jsonl").read_text() for split in ("train", "validation", "test"))
+    texts = kept_with_one_decode_error(env, "b04")
     assert "Café story." in texts  # decoded as latin-1, not mangled
 
 
@@ -118,11 +123,7 @@ def test_lone_surrogate_escape_in_json_text_is_replaced_and_counted(env, capsys)
     data = jsonl(env / "b43.jsonl", GOOD, ['{"id": "s1", "text": "Apple st\\ud800ory. The apples grow well.", "label": "a"}'])
     code, out = preprocess(capsys, "b43", data, "jsonl")
     assert code == 0, out
-    assert quarantined(env, "b43", len(GOOD) + 1, len(GOOD) + 1) == []
-    prep = env / "artifacts" / "b43" / "preprocess"
-    stats = json.loads((prep / "stats.json").read_text())
-    assert stats["decode_error_bytes"] == 1 and stats["documents_with_decode_errors"] == 1
-    texts = "".join((prep / f"{split}.documents.jsonl").read_text() for split in ("train", "validation", "test"))
+    texts = kept_with_one_decode_error(env, "b43")
     assert "Apple st\ufffdory." in texts
 
 
