@@ -128,10 +128,28 @@ class AttentionConfig(_Strict):
                                    description="λ x normalised attention entropy added to the training loss")
 
 
+class Word2VecConfig(_Strict):
+    """Skip-gram word2vec on the training split before the HAN trains (``pipeline.word2vec``)."""
+
+    epochs: int = Field(0, ge=0, le=100, description="passes over the training split; 0 = off (random embeddings)")
+    window: int = Field(5, ge=1, le=20)
+    negatives: int = Field(5, ge=1, le=50)
+    subsample: float = Field(1e-3, gt=0.0, le=1.0)
+    learning_rate: float = Field(0.025, gt=0.0, le=1.0)
+
+
 class EmbeddingConfig(_Strict):
     dim: int = Field(200, ge=2, le=2048)
     pretrained_path: str | None = None
+    word2vec: Word2VecConfig = Field(default_factory=Word2VecConfig)
     trainable: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EmbeddingConfig:
+        if self.pretrained_path and self.word2vec.epochs:
+            raise ValueError("model.embedding: set either pretrained_path (vectors from a file) or word2vec.epochs > 0 "
+                             "(vectors learned from the training split), not both")
+        return self
 
 
 class ModelConfig(_Strict):

@@ -259,6 +259,11 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         embedding_matrix, coverage = load_pretrained_embeddings(
             config.model.embedding.pretrained_path, vocab_tokens, config.model.embedding.dim, seed=config.seed)
         _log(f"pretrained embeddings cover {coverage:.1%} of the vocabulary")
+    checkpoints = Checkpoints(config.artifacts_dir() / "train.resume", key)
+    restored = checkpoints.load() if settings.resume else None
+    word2vec = None
+    if config.model.embedding.word2vec.epochs and restored is None:  # a resumed run restores its embeddings
+        embedding_matrix, word2vec = _learn_word2vec(config, train.paths, vocab_tokens)
     replicas = distribution.replicas
     global_batch = settings.batch_size * replicas
     rate = settings.learning_rate * (replicas if settings.distribute.scale_learning_rate else 1)
@@ -291,11 +296,9 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         val_dataset = distribute.distributed_dataset(
             distribution, lambda workers, worker: make_dataset(validation, distribute.worker_batches(val_plan, replicas, workers, worker)))
 
-    checkpoints = Checkpoints(config.artifacts_dir() / "train.resume", key)
     state: dict[str, Any] = {"epochs_done": 0, "history": {}, "best_epoch": None, "best_value": None, "wait": 0,
                              "seconds": 0.0, "stopped_early": False, "runs": []}
     best_values = variables_dict(model.variables)
-    restored = checkpoints.load() if settings.resume else None
     if restored is not None:
         state, current, best_values = restored
         assign_variables(model.variables, {k: v for k, v in current.items() if k.startswith("v")})
@@ -324,6 +327,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                                "distribute.kind": distribution.kind, "distribute.replicas": replicas,
                                "distribute.workers": distribution.workers, "train.global_batch_size": global_batch,
                                "train.effective_learning_rate": rate})
+            if word2vec is not None:
+                _log_word2vec(word2vec, vocab_tokens)
         _log(f"{train.documents:,} training / {len(validation):,} validation documents, {len(labels)} classes, "
              f"{model.count_params():,} parameters, {steps_per_epoch} batches per epoch of up to {global_batch}"
              + (f" ({settings.batch_size} per replica x {replicas}, learning rate {rate:g})" if replicas > 1 else ""))
@@ -384,6 +389,34 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
          f"{state['seconds']:.1f}s of training; outputs in {out_dir}")
     _log(f"total {time.perf_counter() - started:.1f}s in this process")
     return result
+
+
+def _learn_word2vec(config: PipelineConfig, paths: list[Path], vocab_tokens: list[str]):
+    from pipeline.word2vec import train_word2vec
+
+    settings = config.model.embedding.word2vec
+    _log(f"word2vec: learning {config.model.embedding.dim}-dimensional vectors for {len(vocab_tokens):,} tokens "
+         f"from the training split ({settings.epochs} epochs, window {settings.window}, {settings.negatives} negatives)")
+    result = train_word2vec(paths, len(vocab_tokens), config.model.embedding.dim, epochs=settings.epochs,
+                            window=settings.window, negatives=settings.negatives, subsample=settings.subsample,
+                            learning_rate=settings.learning_rate, seed=config.seed, progress=_log)
+    return result.vectors, result
+
+
+def _log_word2vec(result, vocab_tokens: list[str]) -> None:
+    """Loss per epoch, time, and each of a few words' nearest neighbours: a quick read of whether the vectors mean anything."""
+    import mlflow
+
+    from pipeline.word2vec import nearest_neighbours
+
+    for epoch, loss in enumerate(result.losses, start=1):
+        mlflow.log_metric("word2vec_loss", loss, step=epoch)
+    mlflow.log_metrics({"word2vec_seconds": result.seconds, "word2vec_pairs_per_epoch": float(result.pairs_per_epoch)})
+    # Words of middling frequency (the vocabulary is sorted by count): common enough to have
+    # learned something, rarer than the function words at the top.
+    queries = [i for i in range(50, min(len(vocab_tokens), 2000), 75) if vocab_tokens[i].isalpha()][:20]
+    lines = [f"{word}: {', '.join(near)}" for word, near in nearest_neighbours(result.vectors, vocab_tokens, queries).items()]
+    mlflow.log_text("\n".join(lines) + "\n", "train/word2vec_neighbours.txt")
 
 
 def _close_dead_attempts(run_ids: list[str]) -> None:

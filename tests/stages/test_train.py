@@ -91,7 +91,8 @@ def _train_process(env: dict[str, str], overrides: list[str]) -> subprocess.Pope
 
 
 def test_kill_9_mid_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
-    overrides = [*SMALL, "train.epochs=5", "data.demo.num_documents=300"]
+    # With word2vec vectors: the resumed run restores its embeddings instead of learning them again.
+    overrides = [*SMALL, "train.epochs=5", "data.demo.num_documents=300", "model.embedding.word2vec.epochs=1"]
     whole, killed = make_workspace(tmp_path / "whole", overrides), make_workspace(tmp_path / "killed", overrides)
     for workspace in (whole, killed):
         workspace.activate(monkeypatch)
@@ -118,6 +119,7 @@ def test_kill_9_mid_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert f"resuming after epoch {done_when_killed}" in err
+    assert "word2vec" not in err
 
     def result(workspace):
         out = workspace.root / "artifacts" / "demo" / "train"
@@ -132,6 +134,22 @@ def test_kill_9_mid_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 1 and "han.resumed_from" in finished[0].data.tags
     assert len(mlflow.MlflowClient().get_metric_history(finished[0].info.run_id, "loss")) == 5  # whole curve
+
+
+def test_word2vec_vectors_are_learned_first_and_logged(tmp_path, monkeypatch, capsys):
+    overrides = [*SMALL, "train.epochs=1", "data.demo.num_documents=300", "model.embedding.word2vec.epochs=3"]
+    make_workspace(tmp_path, overrides).activate(monkeypatch)
+    assert main(["preprocess", *set_args(overrides)]) == 0
+    assert main(["train", *set_args(overrides)]) == 0
+    assert "word2vec: epoch 3/3" in capsys.readouterr().err
+    client = mlflow.MlflowClient()
+    [run] = mlflow.search_runs(experiment_names=["demo"], filter_string="tags.`han.stage` = 'train'", output_format="list")
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "word2vec_loss"), key=lambda m: m.step)]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert run.data.params["model.embedding.word2vec.epochs"] == "3"
+    neighbours = client.download_artifacts(run.info.run_id, "train/word2vec_neighbours.txt", str(tmp_path))
+    lines = open(neighbours).read().splitlines()
+    assert lines and all(": " in line and len(line.split(": ")[1].split(", ")) == 8 for line in lines)
 
 
 def test_checkpoint_of_other_settings_is_ignored(tmp_path):
