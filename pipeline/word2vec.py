@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.batching import EncodedSplit
-from pipeline.vocab import OOV as OOV_ID, PAD as PAD_ID
+from pipeline.vocab import OOV, PAD
 
 
 @dataclass
@@ -87,7 +87,7 @@ def train_word2vec(
     started = time.perf_counter()
     rng = np.random.default_rng([seed, 2016])
     counts = token_counts(paths, vocab_size)
-    counts[[PAD_ID, OOV_ID]] = 0
+    counts[[PAD, OOV]] = 0
     total = counts.sum()
     if total == 0:
         raise ValueError("word2vec: the training split has no in-vocabulary words to learn from")
@@ -151,7 +151,7 @@ def train_word2vec(
     vectors = word_vectors.numpy()
     seen = counts > 0
     vectors[~seen] = vectors[seen].mean(axis=0) if seen.any() else 0.0
-    vectors[PAD_ID] = 0.0
+    vectors[PAD] = 0.0
     result.vectors = vectors.astype(np.float32)
     result.seconds = time.perf_counter() - started
     return result
@@ -164,6 +164,6 @@ def nearest_neighbours(vectors: np.ndarray, tokens: list[str], queries: list[int
     out = {}
     for query in queries:
         similarity = unit @ unit[query]
-        similarity[[PAD_ID, OOV_ID, query]] = -np.inf
+        similarity[[PAD, OOV, query]] = -np.inf
         out[tokens[query]] = [tokens[i] for i in np.argsort(-similarity)[:k]]
     return out

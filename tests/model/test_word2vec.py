@@ -28,10 +28,10 @@ def test_pairs_stay_inside_sentences_and_the_window():
     sentences = np.array([0, 0, 0, 1, 1])
     words, contexts = skipgram_pairs(tokens, sentences, window=1, rng=np.random.default_rng(0))
     # window 1: every span is 1, so exactly the neighbours within each sentence, both ways
-    assert sorted(zip(words.tolist(), contexts.tolist())) == [(5, 6), (6, 5), (6, 7), (7, 6), (8, 9), (9, 8)]
+    assert sorted(zip(words.tolist(), contexts.tolist(), strict=True)) == [(5, 6), (6, 5), (6, 7), (7, 6), (8, 9), (9, 8)]
     words, contexts = skipgram_pairs(tokens, sentences, window=4, rng=np.random.default_rng(0))
     same_sentence = {(5, 6), (5, 7), (6, 7), (8, 9)}
-    assert {tuple(sorted(p)) for p in zip(words.tolist(), contexts.tolist())} <= same_sentence
+    assert {tuple(sorted(p)) for p in zip(words.tolist(), contexts.tolist(), strict=True)} <= same_sentence
 
 
 def test_words_of_one_topic_end_up_neighbours(tmp_path):
