@@ -30,6 +30,8 @@ import numpy as np
 from pipeline.batching import EncodedSplit
 from pipeline.vocab import OOV, PAD
 
+NOISE_TABLE = 1_000_000  # slots of the noise-word table
+
 
 @dataclass
 class Word2VecResult:
@@ -94,34 +96,47 @@ def train_word2vec(
     frequency = counts / total
     with np.errstate(divide="ignore", invalid="ignore"):
         keep = np.where(counts > 0, np.minimum(1.0, np.sqrt(subsample / frequency) + subsample / frequency), 0.0)
+    # Noise words come from a table in which each word fills a share of the slots proportional
+    # to count^0.75 (word2vec's unigram table): a uniform draw from it is a draw from that law.
     noise = counts.astype(np.float64) ** 0.75
-    noise /= noise.sum()
-    noise_cdf = np.cumsum(noise)
+    slots = np.floor(np.cumsum(noise / noise.sum()) * NOISE_TABLE).astype(np.int64)
+    table = tf.constant(np.repeat(np.arange(vocab_size, dtype=np.int32), np.diff(np.concatenate([[0], slots]))))
 
     # Input vectors start small and random, output vectors at zero (as word2vec does).
     word_vectors = tf.Variable(((rng.random((vocab_size, dim)) - 0.5) / dim).astype(np.float32))
     context_vectors = tf.Variable(np.zeros((vocab_size, dim), dtype=np.float32))
+    labels = tf.constant(np.eye(1, 1 + negatives, dtype=np.float32).repeat(batch_size, axis=0))
 
-    @tf.function(reduce_retracing=True)
-    def step(words, targets, labels, rate):
-        w = tf.gather(word_vectors, words)  # (batch, dim)
-        c = tf.gather(context_vectors, targets)  # (batch, 1 + negatives, dim)
-        logits = tf.einsum("bd,bkd->bk", w, c)
-        loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-        error = tf.sigmoid(logits) - labels  # d loss / d logits
-        grad_w = tf.einsum("bk,bkd->bd", error, c)
-        grad_c = tf.einsum("bk,bd->bkd", error, w)
-        word_vectors.scatter_sub(tf.IndexedSlices(rate * grad_w, words))
-        context_vectors.scatter_sub(tf.IndexedSlices(rate * tf.reshape(grad_c, (-1, dim)), tf.reshape(targets, (-1,))))
-        return tf.reduce_sum(tf.reduce_mean(loss, axis=0))
+    ids, scalar = tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.float32)
 
-    labels = np.zeros((batch_size, 1 + negatives), dtype=np.float32)
-    labels[:, 0] = 1.0
-    planned = None  # total batches of the run, known after the first epoch; the rate decays over it
-    done = 0
+    @tf.function(input_signature=[ids, ids, tf.TensorSpec((), tf.int32), scalar, scalar])
+    def train_shard(words, contexts, seed, start_fraction, end_fraction):
+        """Every full batch of one shard's pairs, in one graph (no Python between the steps)."""
+        batches = tf.shape(words)[0] // batch_size
+        total = tf.constant(0.0)
+        for b in tf.range(batches):
+            w_ids = words[b * batch_size:(b + 1) * batch_size]
+            draws = tf.random.stateless_uniform((batch_size, negatives), seed=tf.stack([seed, b]), maxval=tf.shape(table)[0],
+                                                dtype=tf.int32)
+            targets = tf.concat([contexts[b * batch_size:(b + 1) * batch_size, None], tf.gather(table, draws)], axis=1)
+            done = start_fraction + (end_fraction - start_fraction) * tf.cast(b, tf.float32) / tf.cast(batches, tf.float32)
+            rate = learning_rate * tf.maximum(0.01, 1.0 - done)
+            w = tf.gather(word_vectors, w_ids)  # (batch, dim)
+            c = tf.gather(context_vectors, targets)  # (batch, 1 + negatives, dim)
+            logits = tf.einsum("bd,bkd->bk", w, c)
+            error = tf.sigmoid(logits) - labels  # d loss / d logits
+            word_vectors.scatter_sub(tf.IndexedSlices(rate * tf.einsum("bk,bkd->bd", error, c), w_ids))
+            context_vectors.scatter_sub(tf.IndexedSlices(rate * tf.reshape(tf.einsum("bk,bd->bkd", error, w), (-1, dim)),
+                                                         tf.reshape(targets, (-1,))))
+            loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+            total += tf.reduce_sum(loss) / batch_size
+        return total, batches
+
+    shard_tokens = [int(EncodedSplit.load(path).tokens.size) for path in paths]
+    corpus_tokens = max(1, sum(shard_tokens))
     result = Word2VecResult(vectors=np.zeros(0))
     for epoch in range(epochs):
-        epoch_loss, epoch_batches, epoch_pairs = 0.0, 0, 0
+        epoch_loss, epoch_batches, epoch_pairs, read = 0.0, 0, 0, 0
         for shard in rng.permutation(len(paths)):
             split = EncodedSplit.load(paths[shard])
             sentence_ids = np.repeat(np.arange(len(split.sentence_lengths)), split.sentence_lengths)
@@ -129,19 +144,16 @@ def train_word2vec(
             kept = rng.random(len(tokens)) < keep[tokens]
             words, contexts = skipgram_pairs(tokens[kept], sentence_ids[kept], window, rng)
             order = rng.permutation(len(words))
-            words, contexts = words[order], contexts[order]
+            # The learning rate falls linearly over the run: where this shard starts and ends in it.
+            start_fraction = (epoch + read / corpus_tokens) / epochs
+            read += shard_tokens[shard]
+            loss, batches = train_shard(tf.constant(words[order], tf.int32), tf.constant(contexts[order], tf.int32),
+                                        tf.constant(int(rng.integers(2**31)), tf.int32),
+                                        tf.constant(start_fraction, tf.float32),
+                                        tf.constant((epoch + read / corpus_tokens) / epochs, tf.float32))
+            epoch_loss += float(loss)
+            epoch_batches += int(batches)
             epoch_pairs += len(words)
-            for start in range(0, len(words) - batch_size + 1, batch_size):
-                batch_words = words[start:start + batch_size]
-                noise_ids = np.minimum(np.searchsorted(noise_cdf, rng.random((batch_size, negatives))), vocab_size - 1)
-                targets = np.concatenate([contexts[start:start + batch_size, None], noise_ids], axis=1)
-                fraction = done / planned if planned else epoch / max(epochs, 1)
-                rate = np.float32(learning_rate * max(0.01, 1.0 - fraction))
-                epoch_loss += float(step(tf.constant(batch_words), tf.constant(targets), tf.constant(labels), rate))
-                epoch_batches += 1
-                done += 1
-        if planned is None:
-            planned = max(1, epoch_batches * epochs)
         result.losses.append(epoch_loss / max(epoch_batches, 1))
         result.pairs_per_epoch = epoch_pairs
         if progress:
