@@ -10,9 +10,13 @@ reads them with ``numpy.load``.
 Training streams the training shards (``training_dataset``): per epoch, the shards in an order
 drawn from ``(seed, epoch)``, their documents through a shuffle buffer, then windows of
 ``batch_size x bucket_batches`` documents sorted by length and cut into batches padded only to
-their own maxima. At most one shard, the shuffle buffer and one window are in memory at a time,
-however large the corpus. The same ``(seed, epoch)`` always gives the same batches, so a
-resumed run replays exactly the epochs it missed.
+their own maxima; the batches of as many consecutive windows as the shuffle buffer holds
+(``window_blocks``) are shuffled together, so when the split fits in the buffer the whole epoch's
+batches are (the order the in-memory pipeline had: on BBC, shuffling only within each window
+scored 0.9437 mean test accuracy over three orders against 0.952 for the epoch-wide shuffle and
+the old pipeline's 0.9527). At most one shard, the shuffle buffer and one block of windows
+are in memory at a time, however large the corpus. The same ``(seed, epoch)`` always gives the
+same batches, so a resumed run replays exactly the epochs it missed.
 """
 
 from __future__ import annotations
@@ -113,6 +117,20 @@ def window_batches(count: int, batch_size: int, replicas: int = 1) -> list[tuple
     return bounds
 
 
+def window_blocks(sizes: list[int], capacity: int) -> list[list[int]]:
+    """Consecutive windows grouped so that each group holds at most ``capacity`` documents (a
+    window larger than that is a group alone); the batches of a group are shuffled together."""
+    blocks: list[list[int]] = []
+    held = capacity + 1
+    for index, size in enumerate(sizes):
+        if held + size > capacity:
+            blocks.append([])
+            held = 0
+        blocks[-1].append(index)
+        held += size
+    return blocks
+
+
 def steps_per_epoch(documents: int, batch_size: int, bucket_batches: int, replicas: int = 1) -> int:
     return sum(len(window_batches(size, batch_size, replicas))
                for size in window_sizes(documents, batch_size * bucket_batches, replicas))
@@ -170,32 +188,39 @@ class TrainingStream:
         """``(token_ids, labels[, weights])`` per step (per replica share under a strategy)."""
         rng = np.random.default_rng([self.seed, self.epoch])
         stream = self._documents(rng)
-        steps = 0
-        for size in window_sizes(self.documents, self.batch_size * self.bucket_batches, self.replicas):
-            try:
-                window = [next(stream) for _ in range(size)]
-            except StopIteration:
-                raise self._mismatch() from None
-            keys = np.array([len(doc) * max((len(s) for s in doc), default=0) for doc, _ in window])
-            window = [window[i] for i in np.argsort(keys, kind="stable")]
-            bounds = window_batches(size, self.batch_size, self.replicas)
-            for b in rng.permutation(len(bounds)):
-                if steps == self.steps:
-                    return  # max_steps: the epoch ends here
-                steps += 1
-                start, stop = bounds[b]
-                members = window[start:stop]
-                for share in self._shares(members):
-                    tokens = pad_batch([doc for doc, _ in share])
-                    self.real_tokens += sum(len(s) for doc, _ in share for s in doc)
-                    self.padded_cells += tokens.size
-                    labels = np.array([label for _, label in share], dtype=np.int32)
-                    if self.class_weights is None:
-                        yield tokens, labels
-                    else:
-                        yield tokens, labels, self.class_weights[labels].astype(np.float32)
+        self._steps_done = 0
+        sizes = window_sizes(self.documents, self.batch_size * self.bucket_batches, self.replicas)
+        for block in window_blocks(sizes, self.shuffle_buffer):
+            batched: list[list] = []
+            for size in (sizes[i] for i in block):
+                try:
+                    window = [next(stream) for _ in range(size)]
+                except StopIteration:
+                    raise self._mismatch() from None
+                keys = np.array([len(doc) * max((len(s) for s in doc), default=0) for doc, _ in window])
+                window = [window[i] for i in np.argsort(keys, kind="stable")]
+                batched.extend(window[start:stop] for start, stop in window_batches(size, self.batch_size, self.replicas))
+            if (yield from self._emit([batched[b] for b in rng.permutation(len(batched))])):
+                return  # max_steps: the epoch ends here
         if next(stream, None) is not None:
             raise self._mismatch()
+
+    def _emit(self, batches: list[list]):
+        """Yields the batches (as replica shares); returns True when ``max_steps`` is reached."""
+        for members in batches:
+            if self._steps_done == self.steps:
+                return True
+            self._steps_done += 1
+            for share in self._shares(members):
+                tokens = pad_batch([doc for doc, _ in share])
+                self.real_tokens += sum(len(s) for doc, _ in share for s in doc)
+                self.padded_cells += tokens.size
+                labels = np.array([label for _, label in share], dtype=np.int32)
+                if self.class_weights is None:
+                    yield tokens, labels
+                else:
+                    yield tokens, labels, self.class_weights[labels].astype(np.float32)
+        return self._steps_done == self.steps and self.steps < self.whole_epoch
 
     def _shares(self, members: list) -> list[list]:
         if self.replicas <= 1:

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.batching import EncodedSplit
-from pipeline.shards import ShardWriter, TrainingStream, load_split, shard_paths, steps_per_epoch, training_dataset
+from pipeline.batching import EncodedSplit, pad_batch
+from pipeline.shards import (
+    ShardWriter,
+    TrainingStream,
+    load_split,
+    shard_paths,
+    steps_per_epoch,
+    training_dataset,
+    window_blocks,
+)
 
 
 def write_corpus(folder, documents: int = 300, shard_documents: int = 64, seed: int = 0) -> list[list[list[int]]]:
@@ -72,6 +80,24 @@ def test_the_order_is_reproducible_per_epoch_and_differs_between_epochs(tmp_path
 
     assert order(0) == order(0)
     assert order(0) != order(1)
+
+
+def test_windows_are_shuffled_together_as_far_as_the_shuffle_buffer_holds():
+    assert window_blocks([64, 64, 64, 64, 44], 10_000) == [[0, 1, 2, 3, 4]]  # the split fits: one block
+    assert window_blocks([64, 64, 64, 64, 44], 128) == [[0, 1], [2, 3], [4]]
+    assert window_blocks([64, 64, 64], 100) == [[0], [1], [2]]  # a window larger than the buffer stands alone
+    assert window_blocks([], 100) == []
+
+
+def test_when_the_split_fits_the_buffer_batches_of_all_windows_interleave(tmp_path):
+    write_corpus(tmp_path, documents=300, shard_documents=300)
+    epoch = stream(tmp_path, 300, shuffle_buffer=300)  # windows of 16 x 4 = 64 documents
+    # With one shard that fits the buffer, the documents' order is drawn whole before any batch.
+    order = [members(pad_batch([doc]))[0] for doc, _ in epoch._documents(np.random.default_rng([7, 0]))]
+    window_of = {document: position // 64 for position, document in enumerate(order)}
+    windows = [window_of[members(tokens)[0]] for tokens, _ in epoch.batches()]
+    assert all(len({window_of[m] for m in members(tokens)}) == 1 for tokens, _ in epoch.batches())  # sorted within one
+    assert sorted(windows) != windows  # but not yielded window after window
 
 
 def test_length_sorting_windows_pad_much_less_than_unsorted_batches(tmp_path):
