@@ -10,7 +10,10 @@ It is skip-gram with negative sampling (Mikolov et al., 2013), written in Tensor
 - each (word, context) pair is scored ``sigmoid(w . c)`` against ``negatives`` words drawn from
   the unigram distribution raised to 3/4;
 - plain SGD updates only the rows a batch touches (``scatter_sub``), with the learning rate
-  falling linearly to 1% of its start over the run, as the reference implementation does.
+  falling linearly over the run as in the reference implementation (floored at 1% of its
+  start, where word2vec.c floors at 0.01%).
+
+Under ``train.distribute`` every worker learns the same vectors from the seed before training.
 
 Padding (id 0) and out-of-vocabulary tokens (id 1) neither predict nor are predicted; their rows
 come back as zeros and as the mean vector. Everything is drawn from ``seed``: the same shards and
