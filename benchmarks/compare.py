@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
 
     date = dt.date.today().isoformat()
     results: dict[str, Any] = {"date": date, "quick": args.quick, "machine": machine(), "datasets": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{date}{'-quick' if args.quick else ''}"
+    json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
     with tempfile.TemporaryDirectory(prefix="han-bench-") as scratch:
         for dataset in datasets:
             data_path = None
@@ -389,11 +392,10 @@ def main(argv: list[str] | None = None) -> int:
                 line = next(line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX))
                 results["datasets"][dataset][system] = json.loads(line.removeprefix(RESULT_PREFIX))
                 log(f"{dataset}: {system} done in {time.perf_counter() - started:.0f}s: "
-                    f"{json.dumps({k: v for k, v in results['datasets'][dataset][system].items() if k in ('accuracy', 'train_docs_per_s', 'infer_docs_per_s', 'peak_rss_mb')})}")
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}{'-quick' if args.quick else ''}"
-    json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
+                    f"{json.dumps(results['datasets'][dataset][system])}")
+                # Written after every system: an interrupted run keeps what it measured.
+                json_path.write_text(json.dumps(results, indent=2) + "\n")
+                md_path.write_text(markdown(results))
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     md_path.write_text(markdown(results))
     _track(results, json_path, md_path)
