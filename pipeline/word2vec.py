@@ -44,11 +44,15 @@ class Word2VecResult:
     seconds: float = 0.0
 
 
-def token_counts(paths: list[Path], vocab_size: int) -> np.ndarray:
+def token_counts(paths: list[Path], vocab_size: int) -> tuple[np.ndarray, list[int]]:
+    """Each id's count over all shards, and each shard's number of tokens (one read per shard)."""
     counts = np.zeros(vocab_size, dtype=np.int64)
+    sizes = []
     for path in paths:
-        counts += np.bincount(EncodedSplit.load(path).tokens, minlength=vocab_size)[:vocab_size]
-    return counts
+        tokens = EncodedSplit.load(path).tokens
+        counts += np.bincount(tokens, minlength=vocab_size)[:vocab_size]
+        sizes.append(int(tokens.size))
+    return counts, sizes
 
 
 def skipgram_pairs(tokens: np.ndarray, sentence_ids: np.ndarray, window: int,
@@ -91,7 +95,7 @@ def train_word2vec(
 
     started = time.perf_counter()
     rng = np.random.default_rng([seed, 2016])
-    counts = token_counts(paths, vocab_size)
+    counts, shard_tokens = token_counts(paths, vocab_size)
     counts[[PAD, OOV]] = 0
     total = counts.sum()
     if total == 0:
@@ -135,7 +139,6 @@ def train_word2vec(
             total += tf.reduce_sum(loss) / batch_size
         return total, batches
 
-    shard_tokens = [int(EncodedSplit.load(path).tokens.size) for path in paths]
     corpus_tokens = max(1, sum(shard_tokens))
     result = Word2VecResult(vectors=np.zeros(0))
     for epoch in range(epochs):
