@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-requirements
 CONFIG ?= configs/default.yaml
 SET ?=
 PORT ?= 5000
+TEST_WORKERS ?= 2
 DATASETS ?= bbc,imdb
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
@@ -58,8 +59,8 @@ serve: $(STAMP) ## serve models:/han-classifier@champion over REST on 127.0.0.1 
 dag-test: $(STAMP) ## run the Airflow retraining DAG once (airflow dags test, temporary AIRFLOW_HOME)
 	$(PY) -m pipeline.dagtest $(STAGE_ARGS)
 
-test: $(STAMP) ## run the test suite (fast; what CI runs)
-	$(PY) -m pytest -q --durations=15
+test: $(STAMP) ## run the test suite (what CI runs; TEST_WORKERS=2 processes, 0 = one)
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS)
 
 test-slow: $(STAMP) ## run the heavy real-data tests (marked slow)
 	$(PY) -m pytest -q -m slow

@@ -28,3 +28,21 @@ def isolated_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("HAN_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     yield
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """How ``make test`` (``pytest -n 2``, pytest-xdist) shares the tests out between workers.
+
+    Whole modules go to one worker, so each module-scoped fixture (a trained model, a running
+    server) is built once; the DAG modules (``tests/dag/``) go together, since they share one
+    session fixture: two real ``airflow dags test`` runs, over two minutes. (pytest-xdist's own
+    ``xdist_group`` marks do not take effect under pytest 9, hence a scheduler.)
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/dag" if module.startswith("tests/dag/") else module
+
+    return ModuleScheduling(config, log)
