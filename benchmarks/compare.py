@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import resource
@@ -198,6 +199,14 @@ def run_han(config: PipelineConfig) -> dict[str, Any]:
                       "fraction_of_matmul": round(achieved / peak, 4)}}
 
 
+def reference_optimizer(config: PipelineConfig, train_documents: int):
+    """The reference HAN's optimizer: the train stage's own (``build_optimizer``: optimizer, clipping
+    and learning-rate schedule, stepped per batch), so the two HANs stay like for like."""
+    from pipeline.stages.train import build_optimizer
+
+    return build_optimizer(config.train, math.ceil(train_documents / config.train.batch_size))
+
+
 def run_reference(config: PipelineConfig) -> dict[str, Any]:
     import keras
     import tensorflow as tf
@@ -220,7 +229,7 @@ def run_reference(config: PipelineConfig) -> dict[str, Any]:
                                 sentence_context=m.sentence_attention.context_dim)
     trainer = keras.Model(model.input, model.output["probabilities"])
     t = config.train
-    trainer.compile(optimizer=keras.optimizers.Adam(t.learning_rate, clipnorm=t.clipnorm),
+    trainer.compile(optimizer=reference_optimizer(config, len(splits["train"])),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     has_validation = len(splits["validation"]) > 0
     callbacks = []

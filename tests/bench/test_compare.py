@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 
-from benchmarks.compare import SYSTEMS, han_training_flops, quick_corpus
+import pytest
+
+from benchmarks.compare import SYSTEMS, han_training_flops, quick_corpus, reference_optimizer
 from pipeline.config import PROJECT_ROOT, load_config
 
 FIGURES = {"accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "peak_rss_mb", "train_seconds", "epochs"}
@@ -63,3 +65,12 @@ def test_quick_imdb_subsample_keeps_the_official_split_and_both_classes(shared_d
     out = quick_corpus("imdb", shared_data / "aclImdb.tar.gz", tmp_path, per_class=3)
     files = sorted(p.relative_to(out).parent.as_posix() for p in out.rglob("*.txt"))
     assert files == ["test/neg"] * 3 + ["test/pos"] * 3 + ["train/neg"] * 3 + ["train/pos"] * 3
+
+
+def test_the_reference_han_trains_with_the_configs_optimizer_and_schedule():
+    config = load_config(PROJECT_ROOT / "configs" / "imdb.yaml")  # exponential decay, x0.5 per epoch
+    optimizer = reference_optimizer(config, train_documents=100)
+    assert type(optimizer).__name__ == "Adam" and optimizer.global_clipnorm == config.train.clipnorm
+    assert float(optimizer.learning_rate) == pytest.approx(config.train.learning_rate)
+    optimizer.iterations.assign(4)  # one epoch: ceil(100 / 32) batches
+    assert float(optimizer.learning_rate) == pytest.approx(config.train.learning_rate * config.train.decay_rate)
