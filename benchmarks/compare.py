@@ -16,7 +16,8 @@ system runs in its own process, so that its peak RSS is its own:
 
 Reported per system: accuracy, macro_f1, train_docs_per_s (training documents x epochs / training
 seconds, validation included, as both HANs do it), infer_docs_per_s (test documents / seconds of
-batch inference), explain_p50_ms / explain_p95_ms (HAN systems), peak_rss_mb, train_seconds,
+batch inference), explain_p50_ms / explain_p95_ms (HAN systems), peak_rss_mb (train_peak_rss_mb: when
+training ended, HAN systems), train_seconds,
 epochs. The HAN also reports its training FLOP/s on real tokens (``flops``) as a fraction of a dense
 matmul's FLOP/s measured in the same process. Results go to ``benchmarks/results/<date>.json`` and
 ``.md`` (``--out`` elsewhere) and to an MLflow run in the experiment ``benchmarks``.
@@ -174,6 +175,7 @@ def run_han(config: PipelineConfig) -> dict[str, Any]:
 
     prep = config.stage_dir("preprocess")
     trained = train.run(config, force=True)
+    train_peak = peak_rss_mb()  # training alone (inference over the test split comes next)
     manifest = trained.manifest
     train_split, test = load_split(prep, "train"), load_split(prep, "test")
     epochs, seconds = int(manifest["epochs_run"]), float(manifest["train_seconds"])
@@ -194,7 +196,7 @@ def run_han(config: PipelineConfig) -> dict[str, Any]:
     peak = matmul_flops_per_s()
     return {**_scores(test.labels, probabilities), "train_docs_per_s": round(len(train_split) * epochs / seconds, 1),
             "infer_docs_per_s": round(len(test) / infer_seconds, 1), **latency, "train_seconds": round(seconds, 2),
-            "epochs": epochs, "limits": json.loads((prep / "stats.json").read_text())["limits"],
+            "train_peak_rss_mb": train_peak, "epochs": epochs, "limits": json.loads((prep / "stats.json").read_text())["limits"],
             "flops": {"achieved_per_s": round(achieved), "matmul_per_s": round(peak),
                       "fraction_of_matmul": round(achieved / peak, 4)}}
 
@@ -242,6 +244,7 @@ def run_reference(config: PipelineConfig) -> dict[str, Any]:
                           validation_data=(x["validation"], splits["validation"].labels) if has_validation else None,
                           callbacks=callbacks)
     seconds = time.perf_counter() - started
+    train_peak = peak_rss_mb()
     epochs = len(history.history["loss"])
 
     trainer.predict(x["test"][:INFER_BATCH], batch_size=INFER_BATCH, verbose=0)  # warm-up
@@ -257,7 +260,7 @@ def run_reference(config: PipelineConfig) -> dict[str, Any]:
     return {**_scores(splits["test"].labels, np.asarray(probabilities)),
             "train_docs_per_s": round(len(splits["train"]) * epochs / seconds, 1),
             "infer_docs_per_s": round(len(splits["test"]) / infer_seconds, 1), **latency,
-            "train_seconds": round(seconds, 2), "epochs": epochs,
+            "train_seconds": round(seconds, 2), "train_peak_rss_mb": train_peak, "epochs": epochs,
             "limits": {"max_sentences": MAX_SENTENCES, "max_words": MAX_WORDS}}
 
 
@@ -299,7 +302,10 @@ RUNNERS = {"han": run_han, "reference_han": run_reference, "tfidf_lr": run_tfidf
 
 
 def child(system: str, dataset: str, quick: bool, data_path: str | None, extra: list[str]) -> int:
+    from pipeline.runtime import apply_threads
+
     config = bench_config(dataset, quick, data_path, extra)
+    apply_threads(config.runtime)  # every system on the same thread settings (like for like)
     result = RUNNERS[system](config)
     result["peak_rss_mb"] = peak_rss_mb()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
@@ -324,7 +330,7 @@ def machine() -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     columns = ["accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "explain_p50_ms", "explain_p95_ms",
-               "peak_rss_mb", "train_seconds", "epochs"]
+               "peak_rss_mb", "train_peak_rss_mb", "train_seconds", "epochs"]
     lines = [f"# Benchmark {results['date']}{' (quick)' if results['quick'] else ''}", "",
              f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores", ""]
     for dataset, systems in results["datasets"].items():
@@ -380,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 source = data_root() / ("bbc" if dataset == "bbc" else "aclImdb.tar.gz")
                 data_path = str(quick_corpus(dataset, source, Path(scratch), args.per_class))
             config = bench_config(dataset, args.quick, data_path)
+            results.setdefault("runtime", config.runtime.model_dump())  # TensorFlow's threads, for every system
             log(f"{dataset}: preprocessing ({config.resolved_data_path()})")
             preprocess.run(config)
             extra = limits_at_least_reference(config)

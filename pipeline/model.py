@@ -109,6 +109,106 @@ class ScatterSentences(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="han")
+class SplitByLength(keras.layers.Layer):
+    """Cut a flat batch of sentences into groups of similar length, each cut to its own longest
+    sentence, so that the word encoder does not step over the padding that the batch's longest
+    sentence forces on all the others.
+
+    Sorted by length, a batch's sentences pad to their group's maximum instead of the batch's:
+    on IMDB training batches (32 documents, ~380 sentences, the longest 47 words) real words are
+    45 % of the ``(sentences, words)`` cells with one group, 79 % with 4, 89 % with 8.
+
+    A group of few sentences costs more in per-step overhead than it saves, so a batch of ``n``
+    sentences is cut into ``min(buckets, n // min_sentences)`` groups (at least one); the unused
+    groups hold a single empty row (a one-step loop). The number of groups is fixed when the
+    graph is built, so this layer always returns ``buckets`` of them.
+
+    Args:
+        buckets: Most groups. ``buckets`` empty (all padding) rows are added before sorting, so
+            that no group is ever empty (RNN kernels may fail on an empty batch); ``MergeBuckets``
+            drops them again.
+        min_sentences: Fewest sentences worth a group of their own.
+
+    Call arguments:
+        sentence_token_ids: Int tensor of shape ``(sentences, words)``; 0 is padding.
+
+    Returns:
+        A list of ``buckets + 1`` tensors: the groups, int ``(sentences_k, words_k)`` from the
+        shortest sentences to the longest (``words_k >= 1``), then ``order`` ``(sentences +
+        buckets,)``: row ``i`` of the concatenated groups is row ``order[i]`` of the input with
+        the empty rows in front.
+    """
+
+    def __init__(self, buckets, min_sentences=64, **kwargs):
+        super().__init__(**kwargs)
+        if buckets < 1 or min_sentences < 1:
+            raise ValueError(f"{self.name}: buckets and min_sentences must be >= 1, got {buckets}, {min_sentences}")
+        self.buckets = buckets
+        self.min_sentences = min_sentences
+
+    def call(self, sentence_token_ids):
+        sentences, words = ops.shape(sentence_token_ids)[0], ops.shape(sentence_token_ids)[1]
+        rows = ops.concatenate([ops.zeros((self.buckets, words), dtype=sentence_token_ids.dtype), sentence_token_ids], 0)
+        # A sentence's length is one past its last real word (so a stray 0 inside it cannot cut it).
+        positions = ops.expand_dims(ops.arange(1, words + 1, dtype="int32"), 0)
+        lengths = ops.max(ops.where(ops.not_equal(rows, PAD_ID), positions, ops.zeros_like(positions)), axis=1)
+        order = ops.argsort(lengths)  # the empty rows (length 0) come first
+        used = ops.clip(ops.convert_to_tensor(sentences // self.min_sentences, dtype="int32"), 1, self.buckets)
+        unused = self.buckets - used  # these groups take one empty row each
+        rest = sentences + used  # the rows of the used groups
+        groups = []
+        for k in range(self.buckets):
+            j = k - unused
+            start = ops.where(k < unused, k, unused + (j * rest) // used)
+            stop = ops.where(k < unused, k + 1, unused + ((j + 1) * rest) // used)
+            members = order[start:stop]
+            width = ops.maximum(ops.max(ops.take(lengths, members, axis=0)), 1)
+            groups.append(ops.take(rows, members, axis=0)[:, :width])
+        return [*groups, ops.cast(order, "int32")]
+
+    def compute_output_shape(self, input_shape):
+        return [(None, None)] * self.buckets + [(None,)]
+
+    def get_config(self):
+        return {**super().get_config(), "buckets": self.buckets, "min_sentences": self.min_sentences}
+
+
+@keras.saving.register_keras_serializable(package="han")
+class MergeBuckets(keras.layers.Layer):
+    """Undo ``SplitByLength`` on the word encoder's outputs: pad every group back to the batch's
+    words (zeros; masked downstream) and put the sentences back in their input order.
+
+    Call arguments:
+        inputs: A list ``[states_1, ..., states_K, order, sentence_token_ids]``: the per-group
+            outputs ``(sentences_k, words_k, features)``, ``order`` from ``SplitByLength`` and
+            the ``(sentences, words)`` ids it split (for the output size).
+
+    Returns:
+        A tensor of shape ``(sentences, words, features)``.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True  # the groups' RNN masks arrive with them; the caller passes the full mask on
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def call(self, inputs):
+        *groups, order, sentence_token_ids = inputs
+        words = ops.shape(sentence_token_ids)[1]
+        padded = [ops.pad(group, [[0, 0], [0, words - ops.shape(group)[1]], [0, 0]]) for group in groups]
+        sorted_states = ops.concatenate(padded, axis=0)
+        # Row j of the input (after the empty rows) sits at position inverse[j] of the sorted groups.
+        inverse = ops.argsort(order)
+        return ops.take(sorted_states, inverse[len(groups):], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        *groups, _, ids_shape = input_shape
+        return (ids_shape[0], ids_shape[1], groups[0][-1])
+
+
+@keras.saving.register_keras_serializable(package="han")
 class TokenMask(keras.layers.Layer):
     """``token_ids != 0``: int ``(..., words)`` -> bool ``(..., words)``, ``False`` at padding."""
 
@@ -244,15 +344,23 @@ def build_han(
     # Word level, on the batch's real sentences only.
     sentence_token_ids, positions = GatherSentences(name="gather_sentences")(token_ids)
     word_mask = TokenMask(name="word_mask")(sentence_token_ids)
-    embedded = keras.layers.Embedding(
+    embedding = keras.layers.Embedding(
         vocab_size,
         config.embedding.dim,
         weights=embedding_matrix,
         trainable=config.embedding.trainable,
         name="word_embedding",
-    )(sentence_token_ids)
-    embedded = keras.layers.Dropout(config.dropout, name="embedding_dropout")(embedded)
-    word_states = _bidirectional(config.word_encoder, config.word_units, "word_encoder")(embedded, mask=word_mask)
+    )
+    embedding_dropout = keras.layers.Dropout(config.dropout, name="embedding_dropout")
+    word_encoder = _bidirectional(config.word_encoder, config.word_units, "word_encoder")
+    if config.word_buckets == 1:
+        word_states = word_encoder(embedding_dropout(embedding(sentence_token_ids)), mask=word_mask)
+    else:
+        # The same layers (same weights) on each group of similar-length sentences.
+        *groups, order = SplitByLength(config.word_buckets, config.word_bucket_sentences, name="split_by_length")(sentence_token_ids)
+        group_mask = TokenMask(name="group_mask")
+        states = [word_encoder(embedding_dropout(embedding(group)), mask=group_mask(group)) for group in groups]
+        word_states = MergeBuckets(name="merge_buckets")([*states, order, sentence_token_ids])
     sentence_vectors, word_weights = attention_pooling(config.word_attention, "word_attention")(
         word_states, mask=word_mask
     )

@@ -239,11 +239,13 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     from pipeline import distribute
     from pipeline.batching import bucketed_batches, document_sizes, make_dataset
     from pipeline.model import build_han, compile_han, load_pretrained_embeddings
+    from pipeline.runtime import apply_threads
     from pipeline.shards import TrainingStream, training_dataset
     from pipeline.tracking import stage_run
 
     settings = config.train
     started = time.perf_counter()
+    apply_threads(config.runtime)
     # The strategy first: MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
     try:
         distribution = distribute.setup(settings.distribute)

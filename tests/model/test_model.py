@@ -12,6 +12,8 @@ from pipeline.config import ModelConfig
 from pipeline.model import (
     OUTPUT_NAMES,
     GatherSentences,
+    MergeBuckets,
+    SplitByLength,
     build_han,
     compile_han,
     load_pretrained_embeddings,
@@ -43,8 +45,13 @@ def _seed():
 
 
 def small_config(**overrides) -> ModelConfig:
-    """A small HAN (embeddings 16, 8 units per direction, context 8) with ``overrides`` merged in."""
+    """A small HAN (embeddings 16, 8 units per direction, context 8) with ``overrides`` merged in.
+
+    One length group unless asked (``word_buckets``): groups give the same outputs (tested below)
+    and each costs graph-tracing time, which dominates these tiny fits.
+    """
     tree = {
+        "word_buckets": 1,
         "embedding": {"dim": 16},
         "word_units": 8,
         "sentence_units": 8,
@@ -132,7 +139,8 @@ def test_a_batch_without_any_word_gives_finite_outputs():
 
 @pytest.mark.parametrize("option", ["paper_gru_dot", "lstm", "transformer", "hard", "local", "multi_head"])
 def test_padding_and_batch_neighbours_do_not_change_a_documents_outputs(option):
-    model = build_han(small_config(**OPTIONS[option]), VOCAB_SIZE, NUM_CLASSES)
+    # Length groups on (two sentences suffice for one): neighbours also change which group a sentence is in.
+    model = build_han(small_config(word_buckets=3, word_bucket_sentences=2, **OPTIONS[option]), VOCAB_SIZE, NUM_CLASSES)
     alone = numpy_outputs(model, pad([DOCUMENT]))
 
     beside_longer = numpy_outputs(model, pad([DOCUMENT, LONG_DOCUMENT]))
@@ -161,7 +169,7 @@ def test_gather_sentences_keeps_only_the_non_empty_sentences():
 
 
 def test_the_word_encoder_runs_only_on_non_empty_sentences():
-    model = build_han(small_config(), VOCAB_SIZE, NUM_CLASSES)
+    model = build_han(small_config(word_buckets=1), VOCAB_SIZE, NUM_CLASSES)
     word_encoder_view = keras.Model(model.input, model.get_layer("word_encoder").output)
     token_ids = pad([DOCUMENT, [[5], [], [6, 7]], [], LONG_DOCUMENT[:1]], sentences=12, words=9)
     non_empty_sentences = int((token_ids != 0).any(axis=-1).sum())
@@ -169,6 +177,67 @@ def test_the_word_encoder_runs_only_on_non_empty_sentences():
     word_states = word_encoder_view(token_ids)
     assert non_empty_sentences == 6
     assert word_states.shape[0] == non_empty_sentences  # not batch * sentences = 48
+
+
+def test_length_groups_pad_each_group_only_to_its_own_longest_sentence():
+    lengths = [7, 1, 3, 2, 6, 1, 4]
+    sentence_token_ids = pad([[[5] * n for n in lengths]])[0]  # (7 sentences, 7 words)
+    *groups, order = SplitByLength(3, min_sentences=1)(sentence_token_ids)
+
+    # 3 empty rows first (no group is ever empty), then the 7 sentences from shortest to longest.
+    rows = [np.asarray(group) for group in groups]
+    assert [row.shape for row in rows] == [(3, 1), (3, 2), (4, 7)]
+    sorted_lengths = [int((row != 0).sum()) for group in rows for row in group]
+    assert sorted_lengths == [0, 0, 0, 1, 1, 2, 3, 4, 6, 7]
+    assert sorted(np.asarray(order).tolist()) == list(range(10))
+    cells = sum(row.size for row in rows)
+    assert cells == 3 + 6 + 28 < sentence_token_ids.size  # 37 cells against 49 in one group
+
+
+def test_a_batch_of_few_sentences_uses_fewer_groups():
+    lengths = [7, 1, 3, 2, 6, 1, 4]
+    sentence_token_ids = pad([[[5] * n for n in lengths]])[0]
+    # 7 sentences, at least 3 per group: 2 groups; the other 2 hold one empty row each.
+    *groups, order = SplitByLength(4, min_sentences=3)(sentence_token_ids)
+    assert [np.asarray(group).shape for group in groups] == [(1, 1), (1, 1), (4, 1), (5, 7)]
+    *groups, _ = SplitByLength(4, min_sentences=64)(sentence_token_ids)
+    assert [np.asarray(group).shape for group in groups] == [(1, 1), (1, 1), (1, 1), (8, 7)]
+
+
+def test_merge_buckets_puts_every_sentence_back_in_its_row():
+    sentence_token_ids = pad([[[5] * n for n in (4, 1, 3, 2)]])[0]
+    *groups, order = SplitByLength(2, min_sentences=1)(sentence_token_ids)
+    # Each group's "states": the ids themselves as one feature.
+    states = [ops_float(group)[..., None] for group in groups]
+    merged = np.asarray(MergeBuckets()([*states, order, sentence_token_ids]))
+    np.testing.assert_array_equal(merged[..., 0], sentence_token_ids)
+
+
+def ops_float(tensor):
+    return tf.cast(tensor, "float32")
+
+
+@pytest.mark.parametrize("option", ["paper_gru_dot", "lstm", "local", "multi_head"])
+def test_length_groups_give_the_same_outputs_and_gradients_as_one_group(option):
+    one = build_han(small_config(word_buckets=1, **OPTIONS[option]), VOCAB_SIZE, NUM_CLASSES)
+    grouped = build_han(small_config(word_buckets=4, word_bucket_sentences=2, **OPTIONS[option]), VOCAB_SIZE, NUM_CLASSES)
+    grouped.set_weights(one.get_weights())  # the same layers: the weights carry over one to one
+    token_ids = pad([DOCUMENT, LONG_DOCUMENT, [], [[3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]])
+
+    expected, actual = numpy_outputs(one, token_ids), numpy_outputs(grouped, token_ids)
+    for name in OUTPUT_NAMES:
+        np.testing.assert_allclose(actual[name], expected[name], atol=1e-6, rtol=0)
+
+    labels = np.array([0, 1, 2, 1])
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            probabilities = model(token_ids, training=True)["probabilities"]
+            loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+        return [np.asarray(tf.convert_to_tensor(g)) for g in tape.gradient(loss, model.trainable_variables)]
+
+    for g_one, g_grouped in zip(gradients(one), gradients(grouped), strict=True):
+        np.testing.assert_allclose(g_grouped, g_one, atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------- gradients
