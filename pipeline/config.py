@@ -302,8 +302,7 @@ class RuntimeConfig(_Strict):
     intra_op_threads: int | None = Field(
         1, ge=1, le=1024,
         description="threads one TensorFlow op may use; null = TensorFlow's default (every core). 1: the HAN's ops "
-        "are small, and on 2 cores one thread per op with the ops run side by side (inter_op_threads) trained "
-        "IMDB ~1.6x faster than TensorFlow's default (README, Speed)",
+        "are small; one thread each lets model.word_buckets' groups run side by side (README, Speed)",
     )
     inter_op_threads: int | None = Field(
         None, ge=1, le=1024, description="TensorFlow ops run side by side; null = TensorFlow's default (one per core)"

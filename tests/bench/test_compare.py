@@ -19,7 +19,7 @@ from benchmarks.compare import SYSTEMS, han_training_flops, quick_corpus, refere
 from pipeline.config import PROJECT_ROOT, load_config
 
 FIGURES = {"accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "peak_rss_mb", "train_seconds", "epochs"}
-HAN_FIGURES = FIGURES | {"explain_p50_ms", "explain_p95_ms"}
+HAN_FIGURES = FIGURES | {"explain_p50_ms", "explain_p95_ms", "train_peak_rss_mb"}
 
 
 def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_data, tmp_path):
@@ -32,6 +32,7 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
     (json_path,) = (tmp_path / "results").glob("*-quick.json")
     results = json.loads(json_path.read_text())
     assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["tensorflow"]
+    assert results["runtime"] == {"intra_op_threads": 1, "inter_op_threads": None}  # every system's threads
     assert sorted(results["datasets"]) == ["bbc"]
     for dataset, systems in results["datasets"].items():
         assert sorted(systems) == sorted(SYSTEMS)
@@ -39,6 +40,8 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
             assert (HAN_FIGURES if system != "tfidf_lr" else FIGURES) <= set(values), (dataset, system)
             assert 0.0 <= values["accuracy"] <= 1.0 and values["train_docs_per_s"] > 0
             assert values["infer_docs_per_s"] > 0 and values["peak_rss_mb"] > 50
+        for system in ("han", "reference_han"):  # the peak when training ended, then the whole process's
+            assert 50 < systems[system]["train_peak_rss_mb"] <= systems[system]["peak_rss_mb"]
         assert systems["reference_han"]["limits"] == {"max_sentences": 15, "max_words": 40}
         assert 0 < systems["han"]["flops"]["fraction_of_matmul"] < 1
     table = json_path.with_suffix(".md").read_text()

@@ -1,0 +1,100 @@
+"""Length groups (``model.word_buckets``) against one group, on the same real training batches.
+
+``python -m benchmarks.length_groups [--prep DIR] [--batches 100] [--epochs 3] [--groups 4,1]``
+
+Takes the first ``--batches`` batches of the training stream of a preprocessed corpus (default:
+the IMDB split ``make bench`` preprocesses, ``artifacts/bench-imdb/preprocess``), then for each
+group count builds the HAN (the corpus's config sizes are not needed: the defaults, dropout 0.3),
+fits ``--epochs`` passes over those batches and times each pass and one inference pass. All in one
+process, one after the other, with the config's thread settings (``runtime``); the first pass
+includes graph tracing and is reported but not used. Prints one JSON line per group count and the
+ratios to the last one (default: 1 group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import PROJECT_ROOT, ModelConfig, RuntimeConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.length_groups", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prep", type=Path, default=PROJECT_ROOT / "artifacts" / "bench-imdb" / "preprocess",
+                        help="a preprocess stage's output folder (default: the IMDB split `make bench` writes)")
+    parser.add_argument("--batches", type=int, default=100, help="training batches of 32 documents (default 100)")
+    parser.add_argument("--epochs", type=int, default=3, help="passes over them per group count (default 3)")
+    parser.add_argument("--groups", default="4,1", help="comma-separated group counts; the last is the baseline")
+    args = parser.parse_args(argv)
+
+    from pipeline.runtime import apply_threads
+
+    apply_threads(RuntimeConfig())  # before TensorFlow starts
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.model import build_han, compile_han, inference_function
+    from pipeline.shards import TrainingStream, shard_paths
+
+    paths = shard_paths(args.prep, "train")
+    if not paths:
+        print(f"error: no training shards in {args.prep}; run `make bench` (or the preprocess stage) first", file=sys.stderr)
+        return 2
+    documents = sum(len(np.load(path)["labels"]) for path in paths)
+    stream = TrainingStream(paths, documents=documents, batch_size=32, bucket_batches=20, seed=42, epoch=0,
+                            shuffle_buffer=10_000)
+    batches = []
+    for batch in stream.batches():
+        batches.append(batch)
+        if len(batches) == args.batches:
+            break
+    vocab_size = len(json.loads((args.prep / "vocab.json").read_text())["tokens"])
+    classes = len(json.loads((args.prep / "labels.json").read_text()))
+    count = sum(len(labels) for _, labels in batches)
+    signature = (tf.TensorSpec((None, None, None), tf.int32), tf.TensorSpec((None,), tf.int32))
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.started)
+
+    results = []
+    for groups in [int(g) for g in args.groups.split(",")]:
+        keras.utils.set_random_seed(42)
+        config = ModelConfig(word_buckets=groups, dropout=0.3)
+        model = build_han(config, vocab_size, classes)
+        trainer = compile_han(model, config)
+        timer = Timer()
+        timer.seconds = []
+        dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
+        trainer.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[timer])
+        infer = inference_function(model)
+        infer(batches[0][0])  # trace
+        started = time.perf_counter()
+        for tokens, _ in batches:
+            infer(tokens)
+        infer_seconds = time.perf_counter() - started
+        after_first = timer.seconds[1:] or timer.seconds
+        result = {"groups": groups, "epoch_seconds": [round(s, 2) for s in timer.seconds],
+                  "train_docs_per_s": round(count * len(after_first) / sum(after_first), 1),
+                  "infer_docs_per_s": round(count / infer_seconds, 1)}
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    base = results[-1]
+    for result in results[:-1]:
+        print(f"{result['groups']} groups / {base['groups']}: training "
+              f"{result['train_docs_per_s'] / base['train_docs_per_s']:.2f}x, inference "
+              f"{result['infer_docs_per_s'] / base['infer_docs_per_s']:.2f}x ({count} documents, {args.batches} batches)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
