@@ -6,7 +6,7 @@ Takes the first ``--batches`` batches of the training stream of a preprocessed c
 the IMDB split ``make bench`` preprocesses, ``artifacts/bench-imdb/preprocess``), then for each
 group count builds the HAN (the corpus's config sizes are not needed: the defaults, dropout 0.3),
 fits ``--epochs`` passes over those batches and times each pass and one inference pass. All in one
-process, one after the other, with the config's thread settings (``runtime``); the first pass
+process, one after the other, with one thread per op (as the bbc/imdb configs); the first pass
 includes graph tracing and is reported but not used. Prints one JSON line per group count and the
 ratios to the last one (default: 1 group).
 """
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.runtime import apply_threads
 
-    apply_threads(RuntimeConfig())  # before TensorFlow starts
+    apply_threads(RuntimeConfig(intra_op_threads=1))  # as configs/bbc.yaml and imdb.yaml; before TensorFlow starts
     import keras
     import numpy as np
     import tensorflow as tf

@@ -11,7 +11,10 @@ How padding is skipped (no compute on padded sentences):
    with their ``(document, sentence)`` positions.
 2. Embedding, word encoder (BiGRU/BiLSTM) and word attention run on that flat batch only. Inside
    a sentence, padded words are skipped by the RNN mask (the state is carried over them) and get
-   exactly zero attention weight.
+   exactly zero attention weight. With ``model.word_buckets`` > 1, embedding and encoder run on
+   groups of similar-length sentences, each cut to its own longest sentence (``SplitByLength``,
+   ``MergeBuckets``), so the loop does not step over the padding the batch's longest sentence
+   forces on the others; the outputs are the same.
 3. ``ScatterSentences`` scatters the sentence vectors and word weights back to
    ``(batch, sentences, ...)`` (``scatter_nd``): empty sentences get a zero vector, zero word
    weights, and are masked out at the sentence level (RNN mask, or the self-attention mask of
