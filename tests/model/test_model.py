@@ -208,13 +208,9 @@ def test_merge_buckets_puts_every_sentence_back_in_its_row():
     sentence_token_ids = pad([[[5] * n for n in (4, 1, 3, 2)]])[0]
     *groups, order = SplitByLength(2, min_sentences=1)(sentence_token_ids)
     # Each group's "states": the ids themselves as one feature.
-    states = [ops_float(group)[..., None] for group in groups]
+    states = [tf.cast(group, "float32")[..., None] for group in groups]
     merged = np.asarray(MergeBuckets()([*states, order, sentence_token_ids]))
     np.testing.assert_array_equal(merged[..., 0], sentence_token_ids)
-
-
-def ops_float(tensor):
-    return tf.cast(tensor, "float32")
 
 
 @pytest.mark.parametrize("option", ["paper_gru_dot", "lstm", "local", "multi_head"])
