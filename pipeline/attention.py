@@ -96,6 +96,10 @@ class AttentionPooling(keras.layers.Layer):
             steps get exactly 0 weight and do not change the output; a row with no ``True``
             gets all-zero weights and a zero output (never NaN). ``None``: all steps are real.
         training: Python boolean; ``"hard"`` mode and ``entropy_penalty`` act in training only.
+        penalty_rows: Optional scalar tensor: the entropy penalty is the sum over this call's
+            rows divided by it, instead of their mean. A batch split into groups (the length
+            groups of ``pipeline.model``) passes its total row count to each group's call, so
+            the groups' penalties add up to the mean over the whole batch.
 
     Returns:
         A tuple ``(pooled, weights)``: ``pooled`` of shape ``(batch_size, heads * features)``
@@ -180,7 +184,7 @@ class AttentionPooling(keras.layers.Layer):
         return ops.einsum("btc,hc->bth", keys, self.context)
 
     # ------------------------------------------------------------------ the algorithm
-    def call(self, inputs, mask=None, training=None):
+    def call(self, inputs, mask=None, training=None, penalty_rows=None):
         batch_size, steps = ops.shape(inputs)[0], ops.shape(inputs)[1]
         if mask is None:
             mask = ops.ones((batch_size, steps), dtype="bool")
@@ -192,7 +196,7 @@ class AttentionPooling(keras.layers.Layer):
         scores = ops.where(real, ops.cast(self._calculate_scores(keys), "float32"), _LARGE_NEGATIVE)
         head_weights = self._weights_from_scores(scores, real, training)  # (batch, steps, heads)
         if training and self.entropy_penalty > 0:
-            self.add_loss(self.entropy_penalty * normalized_entropy(head_weights, real))
+            self.add_loss(self.entropy_penalty * normalized_entropy(head_weights, real, penalty_rows))
         # Zero the padded states too: 0 * NaN from an encoder's padding would still be NaN.
         states = ops.where(real, inputs, ops.zeros_like(inputs))
         pooled = ops.einsum("bth,btf->bhf", ops.cast(head_weights, inputs.dtype), states)
@@ -338,13 +342,17 @@ SCORE_LAYERS: dict[str, type[AttentionPooling]] = {
 # All take and return (batch, steps, heads) tensors; `real` is (batch, steps, 1) bool.
 
 
-def normalized_entropy(weights, real):
+def normalized_entropy(weights, real, rows=None):
     """Mean over rows and heads of each row's attention entropy divided by log(real steps):
-    1 for uniform weights, 0 for one-hot ones (and for rows with fewer than two real steps)."""
+    1 for uniform weights, 0 for one-hot ones (and for rows with fewer than two real steps).
+    With ``rows`` (a scalar), the sum over rows of the heads' mean, divided by ``rows``."""
     safe = ops.where(real, ops.maximum(weights, 1e-12), ops.ones_like(weights))
     entropy = -ops.sum(ops.where(real, weights * ops.log(safe), ops.zeros_like(weights)), axis=1)  # (batch, heads)
     steps = ops.sum(ops.cast(real, weights.dtype), axis=1)  # (batch, 1)
-    return ops.mean(entropy / ops.log(ops.maximum(steps, 2.0)))
+    per_row = ops.mean(entropy / ops.log(ops.maximum(steps, 2.0)), axis=-1)
+    if rows is None:
+        return ops.mean(per_row)
+    return ops.sum(per_row) / ops.cast(rows, per_row.dtype)
 
 
 def _masked_softmax(scores, real):

@@ -11,10 +11,13 @@ How padding is skipped (no compute on padded sentences):
    with their ``(document, sentence)`` positions.
 2. Embedding, word encoder (BiGRU/BiLSTM) and word attention run on that flat batch only. Inside
    a sentence, padded words are skipped by the RNN mask (the state is carried over them) and get
-   exactly zero attention weight. With ``model.word_buckets`` > 1, embedding and encoder run on
-   groups of similar-length sentences, each cut to its own longest sentence (``SplitByLength``,
-   ``MergeBuckets``), so the loop does not step over the padding the batch's longest sentence
-   forces on the others; the outputs are the same.
+   exactly zero attention weight. With ``model.word_buckets`` > 1, embedding, encoder and word
+   attention run on groups of similar-length sentences, each cut to its own longest sentence
+   (``SplitByLength``), so the loop does not step over the padding the batch's longest sentence
+   forces on the others, and each step works on smaller arrays (on a 2-core CPU the same GRU
+   ran 2x faster over 15 slices of 256 sentences than over the 3,840 at once). ``MergeBuckets``
+   puts the sentence vectors and word weights back in order. The outputs are the same as with
+   one group.
 3. ``ScatterSentences`` scatters the sentence vectors and word weights back to
    ``(batch, sentences, ...)`` (``scatter_nd``): empty sentences get a zero vector, zero word
    weights, and are masked out at the sentence level (RNN mask, or the self-attention mask of
@@ -178,37 +181,64 @@ class SplitByLength(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="han")
 class MergeBuckets(keras.layers.Layer):
-    """Undo ``SplitByLength`` on the word encoder's outputs: pad every group back to the batch's
-    words (zeros; masked downstream) and put the sentences back in their input order.
+    """Undo ``SplitByLength`` on per-group results: put the sentences back in their input order
+    (dropping the empty rows ``SplitByLength`` added) and, with ``pad_words``, pad every group's
+    words axis back to the batch's (zeros; padding downstream).
+
+    Args:
+        pad_words: The groups' axis 1 is their words axis (word weights ``(sentences_k,
+            words_k)``, states ``(sentences_k, words_k, features)``): pad it to the batch's
+            words. ``False`` for per-sentence values (pooled vectors ``(sentences_k, features)``).
 
     Call arguments:
-        inputs: A list ``[states_1, ..., states_K, order, sentence_token_ids]``: the per-group
-            outputs ``(sentences_k, words_k, features)``, ``order`` from ``SplitByLength`` and
-            the ``(sentences, words)`` ids it split (for the output size).
+        inputs: A list ``[values_1, ..., values_K, order, sentence_token_ids]``: the per-group
+            values, ``order`` from ``SplitByLength`` and the ``(sentences, words)`` ids it split
+            (for the output size).
 
     Returns:
-        A tensor of shape ``(sentences, words, features)``.
+        A tensor of shape ``(sentences, words, ...)`` (``pad_words``) or ``(sentences, ...)``.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, pad_words=True, **kwargs):
         super().__init__(**kwargs)
-        self.supports_masking = True  # the groups' RNN masks arrive with them; the caller passes the full mask on
+        self.pad_words = pad_words
+        self.supports_masking = True  # the groups' masks arrive with them; the caller passes the full mask on
 
     def compute_mask(self, inputs, mask=None):
         return None
 
     def call(self, inputs):
         *groups, order, sentence_token_ids = inputs
-        words = ops.shape(sentence_token_ids)[1]
-        padded = [ops.pad(group, [[0, 0], [0, words - ops.shape(group)[1]], [0, 0]]) for group in groups]
-        sorted_states = ops.concatenate(padded, axis=0)
+        if self.pad_words:
+            words = ops.shape(sentence_token_ids)[1]
+            groups = [
+                ops.pad(group, [[0, 0], [0, words - ops.shape(group)[1]]] + [[0, 0]] * (len(group.shape) - 2))
+                for group in groups
+            ]
+        in_order = ops.concatenate(groups, axis=0)
         # Row j of the input (after the empty rows) sits at position inverse[j] of the sorted groups.
         inverse = ops.argsort(order)
-        return ops.take(sorted_states, inverse[len(groups):], axis=0)
+        return ops.take(in_order, inverse[len(groups):], axis=0)
 
     def compute_output_shape(self, input_shape):
         *groups, _, ids_shape = input_shape
-        return (ids_shape[0], ids_shape[1], groups[0][-1])
+        if self.pad_words:
+            return (ids_shape[0], ids_shape[1], *groups[0][2:])
+        return (ids_shape[0], *groups[0][1:])
+
+    def get_config(self):
+        return {**super().get_config(), "pad_words": self.pad_words}
+
+
+@keras.saving.register_keras_serializable(package="han")
+class RowCount(keras.layers.Layer):
+    """The number of rows of a tensor, as an int32 scalar."""
+
+    def call(self, inputs):
+        return ops.convert_to_tensor(ops.shape(inputs)[0], dtype="int32")
+
+    def compute_output_shape(self, input_shape):
+        return ()
 
 
 @keras.saving.register_keras_serializable(package="han")
@@ -346,7 +376,6 @@ def build_han(
 
     # Word level, on the batch's real sentences only.
     sentence_token_ids, positions = GatherSentences(name="gather_sentences")(token_ids)
-    word_mask = TokenMask(name="word_mask")(sentence_token_ids)
     embedding = keras.layers.Embedding(
         vocab_size,
         config.embedding.dim,
@@ -356,17 +385,25 @@ def build_han(
     )
     embedding_dropout = keras.layers.Dropout(config.dropout, name="embedding_dropout")
     word_encoder = _bidirectional(config.word_encoder, config.word_units, "word_encoder")
+    word_attention = attention_pooling(config.word_attention, "word_attention")
     if config.word_buckets == 1:
+        word_mask = TokenMask(name="word_mask")(sentence_token_ids)
         word_states = word_encoder(embedding_dropout(embedding(sentence_token_ids)), mask=word_mask)
+        sentence_vectors, word_weights = word_attention(word_states, mask=word_mask)
     else:
-        # The same layers (same weights) on each group of similar-length sentences.
+        # The same layers (same weights) on each group of similar-length sentences, up to the
+        # pooled sentence vectors: the attention too runs on the group's own small, short states
+        # (on the batch's merged (sentences, words, features) states it cost a third of inference).
         *groups, order = SplitByLength(config.word_buckets, config.word_bucket_sentences, name="split_by_length")(sentence_token_ids)
         group_mask = TokenMask(name="group_mask")
-        states = [word_encoder(embedding_dropout(embedding(group)), mask=group_mask(group)) for group in groups]
-        word_states = MergeBuckets(name="merge_buckets")([*states, order, sentence_token_ids])
-    sentence_vectors, word_weights = attention_pooling(config.word_attention, "word_attention")(
-        word_states, mask=word_mask
-    )
+        sentences = RowCount(name="sentence_count")(sentence_token_ids)
+        pooled = []
+        for group in groups:
+            mask = group_mask(group)
+            states = word_encoder(embedding_dropout(embedding(group)), mask=mask)
+            pooled.append(word_attention(states, mask=mask, penalty_rows=sentences))
+        sentence_vectors = MergeBuckets(pad_words=False, name="merge_vectors")([*(v for v, _ in pooled), order, sentence_token_ids])
+        word_weights = MergeBuckets(name="merge_word_weights")([*(w for _, w in pooled), order, sentence_token_ids])
     sentence_vectors = ScatterSentences(name="sentence_vectors")([sentence_vectors, positions, token_ids])
     word_weights = ScatterSentences(name="word_weights")([word_weights, positions, token_ids])
 

@@ -205,12 +205,18 @@ def test_a_batch_of_few_sentences_uses_fewer_groups():
 
 
 def test_merge_buckets_puts_every_sentence_back_in_its_row():
-    sentence_token_ids = pad([[[5] * n for n in (4, 1, 3, 2)]])[0]
+    sentence_token_ids = pad([[[5 + n] * n for n in (4, 1, 3, 2)]])[0]
     *groups, order = SplitByLength(2, min_sentences=1)(sentence_token_ids)
-    # Each group's "states": the ids themselves as one feature.
-    states = [tf.cast(group, "float32")[..., None] for group in groups]
-    merged = np.asarray(MergeBuckets()([*states, order, sentence_token_ids]))
+    # Each group's "word weights": the ids themselves; its "states": the ids as one feature;
+    # its pooled "vectors": each sentence's first id and length.
+    weights = [tf.cast(group, "float32") for group in groups]
+    merged = np.asarray(MergeBuckets()([*weights, order, sentence_token_ids]))
+    np.testing.assert_array_equal(merged, sentence_token_ids)
+    merged = np.asarray(MergeBuckets()([*(w[..., None] for w in weights), order, sentence_token_ids]))
     np.testing.assert_array_equal(merged[..., 0], sentence_token_ids)
+    vectors = [tf.stack([w[:, 0], tf.reduce_sum(tf.sign(w), axis=1)], axis=1) for w in weights]
+    merged = np.asarray(MergeBuckets(pad_words=False)([*vectors, order, sentence_token_ids]))
+    np.testing.assert_array_equal(merged, [[9, 4], [6, 1], [8, 3], [7, 2]])
 
 
 @pytest.mark.parametrize("option", ["paper_gru_dot", "lstm", "local", "multi_head"])
@@ -234,6 +240,33 @@ def test_length_groups_give_the_same_outputs_and_gradients_as_one_group(option):
 
     for g_one, g_grouped in zip(gradients(one), gradients(grouped), strict=True):
         np.testing.assert_allclose(g_grouped, g_one, atol=1e-5, rtol=0)
+
+
+def test_length_groups_add_the_same_word_entropy_penalty_as_one_group():
+    # Each group's attention call adds its rows' share, so the sum is the mean over all sentences
+    # (the empty rows SplitByLength adds count for nothing).
+    options = {"word_attention": {"entropy_penalty": 0.5, "heads": 2}}
+    one = build_han(small_config(word_buckets=1, **options), VOCAB_SIZE, NUM_CLASSES)
+    grouped = build_han(small_config(word_buckets=4, word_bucket_sentences=2, **options), VOCAB_SIZE, NUM_CLASSES)
+    grouped.set_weights(one.get_weights())
+    token_ids = pad([DOCUMENT, LONG_DOCUMENT, [], [[3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]])
+
+    def penalty_and_gradients(model):
+        with tf.GradientTape() as tape:
+            model(token_ids, training=True)
+            penalty = keras.ops.sum(keras.ops.stack(model.losses))
+        return float(penalty), len(model.losses), tape.gradient(penalty, model.trainable_variables)
+
+    penalty_one, calls_one, gradients_one = penalty_and_gradients(one)
+    penalty_grouped, calls_grouped, gradients_grouped = penalty_and_gradients(grouped)
+    assert (calls_one, calls_grouped) == (1, 4)
+    assert 0.0 < penalty_one < 0.5
+    assert penalty_grouped == pytest.approx(penalty_one, abs=1e-6)
+    for g_one, g_grouped in zip(gradients_one, gradients_grouped, strict=True):
+        if g_one is None:
+            assert g_grouped is None
+        else:
+            np.testing.assert_allclose(np.asarray(tf.convert_to_tensor(g_grouped)), np.asarray(tf.convert_to_tensor(g_one)), atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------------- gradients
