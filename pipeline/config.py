@@ -204,7 +204,11 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536, description="documents per replica per step (global batch = this x replicas)")
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "lazy_adam", "sgd"] = Field(
+        "adam",
+        description="lazy_adam: Adam that updates only the embedding rows each batch used (pipeline/optimizers.py); "
+        "much cheaper per step with a large vocabulary",
+    )
     learning_rate: float = Field(2e-3, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only (the HAN paper: SGD, momentum 0.9)")
     schedule: Literal["constant", "cosine", "exponential"] = "constant"

@@ -101,6 +101,10 @@ def build_optimizer(train: TrainConfig, steps_per_epoch: int):
         )
     if train.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=rate, momentum=train.momentum, global_clipnorm=train.clipnorm)
+    if train.optimizer == "lazy_adam":
+        from pipeline.optimizers import LazyAdam
+
+        return LazyAdam(learning_rate=rate, global_clipnorm=train.clipnorm)
     return keras.optimizers.Adam(learning_rate=rate, global_clipnorm=train.clipnorm)
 
 

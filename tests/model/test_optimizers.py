@@ -1,0 +1,91 @@
+"""LazyAdam (``train.optimizer: lazy_adam``): Adam on the rows a batch used, and nowhere else."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import TrainConfig
+from pipeline.optimizers import LazyAdam
+from pipeline.stages.train import build_optimizer
+
+VOCAB, DIM = 6, 3
+
+
+def tiny_model() -> keras.Model:
+    """Embedding (sparse gradient) -> mean over words -> Dense (dense gradients)."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((4,), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(VOCAB, DIM)(ids))
+    return keras.Model(ids, keras.layers.Dense(2)(pooled))
+
+
+def train(optimizer, batches, model=None, dense=False):
+    """``dense``: hand the optimizer the embedding's gradient as a dense table (plain Adam's math)."""
+    model = model or tiny_model()
+    for ids in batches:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(ids) ** 2)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        assert isinstance(gradients[0], tf.IndexedSlices)  # the embedding's gradient arrives sparse
+        if dense:
+            gradients[0] = tf.convert_to_tensor(gradients[0])
+        optimizer.apply(gradients, model.trainable_variables)
+    return model
+
+
+# Every row of the table in every batch, some twice (repeated rows must be summed, not overwritten).
+FULL_BATCHES = [np.array([[0, 1, 2, 3], [4, 5, 0, 0]]), np.array([[5, 4, 3, 2], [1, 0, 1, 1]])] * 2
+
+
+@pytest.mark.parametrize("clipnorm", [None, 0.05])
+def test_lazy_adam_is_adam_when_every_row_is_in_every_batch(clipnorm):
+    # 0.05 is below these gradients' global norm: the clipping acts, on the sparse and dense ones together.
+    # Adam gets the dense gradient: given the sparse one with repeated rows, Keras' Adam squares
+    # each repeat before summing them (second moment and global norm), which is not Adam.
+    lazy = train(LazyAdam(learning_rate=0.1, global_clipnorm=clipnorm), FULL_BATCHES)
+    adam = train(keras.optimizers.Adam(learning_rate=0.1, global_clipnorm=clipnorm), FULL_BATCHES, dense=True)
+    for got, expected in zip(lazy.get_weights(), adam.get_weights(), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    assert not np.allclose(lazy.get_weights()[0], tiny_model().get_weights()[0], atol=1e-3)  # it did train
+
+
+def test_lazy_adam_leaves_the_rows_a_batch_did_not_use_untouched():
+    model = tiny_model()
+    optimizer = LazyAdam(learning_rate=0.1)
+    train(optimizer, FULL_BATCHES[:1], model)  # every row gets moments
+    table, moments = model.get_weights()[0].copy(), [np.asarray(v).copy() for v in optimizer.variables]
+
+    train(optimizer, [np.array([[1, 2, 1, 0], [0, 2, 2, 2]])], model)  # rows 0, 1, 2 only
+    after, after_moments = model.get_weights()[0], [np.asarray(v) for v in optimizer.variables]
+    np.testing.assert_array_equal(after[3:], table[3:])
+    assert np.all(np.abs(after[:3] - table[:3]).max(axis=1) > 1e-4)
+    embedding_moments = [i for i, v in enumerate(optimizer.variables) if tuple(v.shape) == (VOCAB, DIM)]
+    assert len(embedding_moments) == 2  # first and second moment
+    for i in embedding_moments:
+        np.testing.assert_array_equal(after_moments[i][3:], moments[i][3:])
+        assert not np.allclose(after_moments[i][:3], moments[i][:3])
+
+    # Adam, from the same state, moves the unused rows too (by their decayed momentum).
+    adam_model = tiny_model()
+    adam = keras.optimizers.Adam(learning_rate=0.1)
+    train(adam, FULL_BATCHES[:1], adam_model)
+    before = adam_model.get_weights()[0].copy()
+    train(adam, [np.array([[1, 2, 1, 0], [0, 2, 2, 2]])], adam_model)
+    assert np.abs(adam_model.get_weights()[0][3:] - before[3:]).max() > 1e-4
+
+
+def test_lazy_adam_refuses_amsgrad_on_sparse_gradients():
+    with pytest.raises(ValueError, match="amsgrad"):
+        train(LazyAdam(learning_rate=0.1, amsgrad=True), FULL_BATCHES[:1])
+
+
+def test_the_train_config_selects_lazy_adam_with_its_schedule_and_clipping():
+    optimizer = build_optimizer(TrainConfig(optimizer="lazy_adam", schedule="exponential", decay_rate=0.5), steps_per_epoch=10)
+    assert isinstance(optimizer, LazyAdam)
+    assert optimizer.global_clipnorm == 5.0
+    assert float(optimizer.learning_rate) == pytest.approx(2e-3)
+    optimizer.iterations.assign(10)  # one epoch
+    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
