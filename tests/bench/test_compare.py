@@ -72,7 +72,9 @@ def test_quick_imdb_subsample_keeps_the_official_split_and_both_classes(shared_d
 
 def test_the_reference_han_trains_with_the_configs_optimizer_and_schedule():
     config = load_config(PROJECT_ROOT / "configs" / "imdb.yaml")  # exponential decay, x0.5 per epoch
+    assert config.train.optimizer == "lazy_adam"
     optimizer = reference_optimizer(config, train_documents=100)
+    # Keras' Adam (as the public Keras HANs), with the config's clipping and schedule.
     assert type(optimizer).__name__ == "Adam" and optimizer.global_clipnorm == config.train.clipnorm
     assert float(optimizer.learning_rate) == pytest.approx(config.train.learning_rate)
     optimizer.iterations.assign(4)  # one epoch: ceil(100 / 32) batches
