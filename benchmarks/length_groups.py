@@ -1,11 +1,12 @@
 """Length groups (``model.word_buckets``) against one group, on the same real training batches.
 
-``python -m benchmarks.length_groups [--prep DIR] [--batches 100] [--epochs 3] [--groups 4,1]``
+``python -m benchmarks.length_groups [--prep DIR] [--batches 100] [--epochs 3] [--groups 4,1] [--infer-batch 256]``
 
 Takes the first ``--batches`` batches of the training stream of a preprocessed corpus (default:
 the IMDB split ``make bench`` preprocesses, ``artifacts/bench-imdb/preprocess``), then for each
 group count builds the HAN (the corpus's config sizes are not needed: the defaults, dropout 0.3),
-fits ``--epochs`` passes over those batches and times each pass and one inference pass. All in one
+fits ``--epochs`` passes over those batches and times each pass, then one inference pass over the same
+documents in batches of ``--infer-batch``, sorted by size (as ``make bench`` infers). All in one
 process, one after the other, with one thread per op (as the bbc/imdb configs); the first pass
 includes graph tracing and is reported but not used. Prints one JSON line per group count and the
 ratios to the last one (default: 1 group).
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=100, help="training batches of 32 documents (default 100)")
     parser.add_argument("--epochs", type=int, default=3, help="passes over them per group count (default 3)")
     parser.add_argument("--groups", default="4,1", help="comma-separated group counts; the last is the baseline")
+    parser.add_argument("--infer-batch", type=int, default=256, help="documents per inference batch (default 256)")
     args = parser.parse_args(argv)
 
     from pipeline.runtime import apply_threads
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.model import build_han, compile_han, inference_function
+    from pipeline.model import build_han, compile_han, document_outputs, inference_function
     from pipeline.shards import TrainingStream, shard_paths
 
     paths = shard_paths(args.prep, "train")
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     vocab_size = len(json.loads((args.prep / "vocab.json").read_text())["tokens"])
     classes = len(json.loads((args.prep / "labels.json").read_text()))
     count = sum(len(labels) for _, labels in batches)
+    # The same documents as lists of sentence id arrays, for inference in larger batches.
+    documents = [[sentence[sentence != 0] for sentence in row if sentence.any()] for tokens, _ in batches for row in tokens]
     signature = (tf.TensorSpec((None, None, None), tf.int32), tf.TensorSpec((None,), tf.int32))
 
     class Timer(keras.callbacks.Callback):
@@ -77,10 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
         trainer.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[timer])
         infer = inference_function(model)
-        infer(batches[0][0])  # trace
+        document_outputs(infer, documents[: args.infer_batch], args.infer_batch)  # trace
         started = time.perf_counter()
-        for tokens, _ in batches:
-            infer(tokens)
+        document_outputs(infer, documents, args.infer_batch)
         infer_seconds = time.perf_counter() - started
         after_first = timer.seconds[1:] or timer.seconds
         result = {"groups": groups, "epoch_seconds": [round(s, 2) for s in timer.seconds],
