@@ -40,6 +40,8 @@ VARIANTS = {
         "sentence_attention": {"score": "dot", "mode": "local", "local_window": 0},
     },
     "pretrained_frozen": {"embedding": {"dim": 4, "pretrained_path": "vectors.txt", "trainable": False}},
+    # SplitByLength, MergeBuckets (both kinds), RowCount and the penalty_rows call argument.
+    "length_groups_entropy": {"word_buckets": 3, "word_bucket_sentences": 2, "word_attention": {"entropy_penalty": 0.1}},
 }
 
 LOAD_AND_PREDICT = textwrap.dedent(
@@ -122,5 +124,7 @@ def test_the_saved_config_has_only_registered_layers_and_no_lambda(name, tmp_pat
     assert "Lambda" not in config
     assert '"registered_name": "han>GatherSentences"' in config
     assert '"registered_name": "han>ScatterSentences"' in config
+    if VARIANTS[name].get("word_buckets", 1) > 1:
+        assert '"registered_name": "han>SplitByLength"' in config and '"registered_name": "han>RowCount"' in config
     # The in-process reload is also exact and keeps the model's config.
     assert model.get_config() == keras.saving.load_model(tmp_path / f"{name}.keras").get_config()
