@@ -51,7 +51,8 @@ class LazyAdam(keras.optimizers.Adam):
             return super().update_step(gradient, variable, learning_rate)
         if self.amsgrad:
             raise ValueError("LazyAdam does not support amsgrad=True with sparse (embedding) gradients")
-        gradient = _deduplicated(gradient)  # all-reduced replicas may repeat rows again
+        if not self._rows_are_unique():
+            gradient = _deduplicated(gradient)
         indices, values = gradient.indices, ops.cast(gradient.values, variable.dtype)
         lr = ops.cast(learning_rate, variable.dtype)
         local_step = ops.cast(self.iterations + 1, variable.dtype)
@@ -70,6 +71,18 @@ class LazyAdam(keras.optimizers.Adam):
         self.assign(v, tf.IndexedSlices(v_rows, indices, gradient.dense_shape))
         step = ops.divide(ops.multiply(m_rows, alpha), ops.add(ops.sqrt(v_rows), self.epsilon))
         self.assign_sub(variable, tf.IndexedSlices(step, indices, gradient.dense_shape))
+
+    def _rows_are_unique(self):
+        """Whether ``update_step``'s sparse gradients already hold each row once.
+
+        They do when ``_clip_gradients`` deduplicated them (global-norm clipping on) and no
+        all-reduce summed replicas' gradients after it (one replica): deduplicating again would
+        repeat a ``tf.unique`` and a segment sum over the batch's rows every step.
+        """
+        import tensorflow as tf
+
+        clipped = bool(self.global_clipnorm and self.global_clipnorm > 0)
+        return clipped and tf.distribute.get_strategy().num_replicas_in_sync == 1
 
 
 def _deduplicated(gradient):

@@ -98,3 +98,23 @@ def test_the_train_config_selects_lazy_adam_with_its_schedule_and_clipping():
     assert float(optimizer.learning_rate) == pytest.approx(2e-3)
     optimizer.iterations.assign(10)  # one epoch
     assert float(optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("clipnorm", [None, 1.0])
+def test_lazy_adam_deduplicates_the_embedding_rows_once_per_step(clipnorm):
+    # With global-norm clipping the rows are summed before the norm; the update must not do it
+    # again (a tf.unique and a segment sum over the batch's rows, every step). Without clipping the
+    # update is where it happens. Either way: one Unique op for the one sparse variable.
+    model, optimizer = tiny_model(), LazyAdam(learning_rate=0.1, global_clipnorm=clipnorm)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(ids):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(ids) ** 2)
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+
+    graph = step.get_concrete_function(tf.TensorSpec((None, 4), tf.int32)).graph
+    ops_by_type = [op.type for op in graph.get_operations()]
+    assert ops_by_type.count("Unique") == 1
+    assert ops_by_type.count("UnsortedSegmentSum") == 1
