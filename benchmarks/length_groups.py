@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         document_outputs(infer, documents, args.infer_batch)
         infer_seconds = time.perf_counter() - started
         after_first = timer.seconds[1:] or timer.seconds
-        result = {"groups": groups, "epoch_seconds": [round(s, 2) for s in timer.seconds],
+        result = {"groups": groups, "documents": count, "epoch_seconds": [round(s, 2) for s in timer.seconds],
                   "train_docs_per_s": round(count * len(after_first) / sum(after_first), 1),
                   "infer_docs_per_s": round(count / infer_seconds, 1)}
         results.append(result)
