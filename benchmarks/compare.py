@@ -314,10 +314,10 @@ RUNNERS = {"han": run_han, "reference_han": run_reference, "tfidf_lr": run_tfidf
 
 
 def child(system: str, dataset: str, quick: bool, data_path: str | None, extra: list[str]) -> int:
-    from pipeline.runtime import apply_threads
+    from pipeline.runtime import apply_runtime
 
     config = bench_config(dataset, quick, data_path, extra)
-    apply_threads(config.runtime)  # every system on the same thread settings (like for like)
+    apply_runtime(config.runtime)  # every system on the same thread settings (like for like)
     result = RUNNERS[system](config)
     result["peak_rss_mb"] = peak_rss_mb()
     print(RESULT_PREFIX + json.dumps(result), flush=True)

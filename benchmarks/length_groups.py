@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer-batch", type=int, default=256, help="documents per inference batch (default 256)")
     args = parser.parse_args(argv)
 
-    from pipeline.runtime import apply_threads
+    from pipeline.runtime import apply_runtime
 
-    apply_threads(RuntimeConfig(intra_op_threads=1))  # as configs/bbc.yaml and imdb.yaml; before TensorFlow starts
+    apply_runtime(RuntimeConfig(intra_op_threads=1, malloc_arenas=1))  # as configs/bbc.yaml and imdb.yaml
     import keras
     import numpy as np
     import tensorflow as tf

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from pipeline.artifacts import DiskFullError, is_disk_full
 from pipeline.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
-from pipeline.runtime import apply_threads
+from pipeline.runtime import apply_runtime
 from pipeline.tracking import check_reachable, tracking_uri
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
-        apply_threads(config.runtime)  # before TensorFlow starts: its thread pools are fixed then
+        apply_runtime(config.runtime)  # before TensorFlow starts: its thread pools are fixed then
         check_reachable(tracking_uri())  # a tracking server that is down fails the command now, not after the work
         return COMMANDS[args.stage](config, args)
     except Exception as err:

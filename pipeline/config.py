@@ -161,8 +161,14 @@ class ModelConfig(_Strict):
         1, ge=1, le=32,
         description="the word encoder runs on each batch's sentences in up to this many groups of similar length, "
         "each padded only to its own longest sentence (less compute on padding; same outputs); 1 = one group. "
-        "Pays on real corpora with runtime.intra_op_threads=1 (configs/bbc.yaml, imdb.yaml: 4); each group costs "
+        "Pays on real corpora with runtime.intra_op_threads=1 (configs/bbc.yaml, imdb.yaml: 8); each group costs "
         "graph-tracing time once per process, which dominates on toy data",
+    )
+    train_word_buckets: int | None = Field(
+        None, ge=1, le=32,
+        description="length groups while training; null = word_buckets. The saved model (evaluate, explain, serving) "
+        "keeps word_buckets: the weights are the same, only the graph differs. Fewer groups trace a smaller training "
+        "graph with fewer loops alive at once: a lower peak RSS for somewhat slower training (README: Memory)",
     )
     word_bucket_sentences: int = Field(
         64, ge=1, le=65_536, description="fewest sentences worth a group of their own: a batch of n sentences uses "
@@ -303,7 +309,7 @@ class ServeConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    """How TensorFlow uses the CPU (``pipeline.runtime.apply_threads``; set before TensorFlow starts)."""
+    """How TensorFlow uses the CPU and how the process allocates (``pipeline.runtime.apply_runtime``; set before TensorFlow starts)."""
 
     intra_op_threads: int | None = Field(
         None, ge=1, le=1024,
@@ -312,6 +318,12 @@ class RuntimeConfig(_Strict):
     )
     inter_op_threads: int | None = Field(
         None, ge=1, le=1024, description="TensorFlow ops run side by side; null = TensorFlow's default (one per core)"
+    )
+    malloc_arenas: int | None = Field(
+        None, ge=1, le=1024,
+        description="glibc malloc arenas (M_ARENA_MAX) for the whole process; null = glibc's default (8 per core). 1 "
+        "(configs/bbc.yaml, imdb.yaml): TensorFlow's threads stop keeping freed memory in arenas of their own "
+        "(README: Memory); ignored off glibc",
     )
 
 

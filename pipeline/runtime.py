@@ -1,12 +1,19 @@
-"""TensorFlow's CPU threads from the config's ``runtime`` section.
+"""TensorFlow's CPU threads and glibc's malloc arenas from the config's ``runtime`` section.
 
-TensorFlow fixes its thread pools when its runtime starts (the first op), so ``apply_threads``
+TensorFlow fixes its thread pools when its runtime starts (the first op), so ``apply_runtime``
 must run before that: the CLI calls it before any stage, and the stages that run TensorFlow call it
 again for callers that import them directly (the DAG, the benchmarks); it is idempotent. Before
 ``import tensorflow`` it sets ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` (read when
 the runtime starts, so the import itself is not paid for here); after the import, TensorFlow's
 ``tf.config.threading``. When the runtime has already started with other values (several
 pipelines in one process), the running pools stay and a note says so: nothing fails over it.
+
+``malloc_arenas`` caps glibc's malloc arenas (``mallopt(M_ARENA_MAX)``, as the
+``MALLOC_ARENA_MAX`` environment variable does at start-up). glibc gives each thread that
+allocates while another holds the lock an arena of its own, up to 8 per core; TensorFlow's
+inter-op threads allocate and free every step's tensors, and memory freed in one arena is not
+reused by another, so a process's peak grows with its threads. The cap applies to arenas made
+after it: set before TensorFlow starts its threads. Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -19,8 +26,10 @@ from pipeline.config import RuntimeConfig
 ENVIRONMENT = {"intra_op_threads": "TF_NUM_INTRAOP_THREADS", "inter_op_threads": "TF_NUM_INTEROP_THREADS"}
 
 
-def apply_threads(settings: RuntimeConfig) -> dict[str, int | None]:
-    """Ask TensorFlow for ``settings``' thread counts; returns what was asked (``None``: TensorFlow's default)."""
+def apply_runtime(settings: RuntimeConfig) -> dict[str, int | None]:
+    """Cap the malloc arenas and ask TensorFlow for the thread counts; returns the thread counts asked (``None``: default)."""
+    if settings.malloc_arenas is not None:
+        limit_malloc_arenas(settings.malloc_arenas)
     wanted = {name: getattr(settings, name) for name in ENVIRONMENT}
     if "tensorflow" not in sys.modules:
         for name, value in wanted.items():
@@ -47,3 +56,19 @@ def apply_threads(settings: RuntimeConfig) -> dict[str, int | None]:
             print(f"runtime: TensorFlow already runs in this process with {name.replace('_', ' ')} = "
                   f"{current or 'its default'}; runtime.{name}={value} applies to a new process", file=sys.stderr)
     return wanted
+
+
+M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """At most ``arenas`` glibc malloc arenas from now on; ``False`` where the C library is not glibc."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(arenas)))
+    except (OSError, AttributeError):
+        return False

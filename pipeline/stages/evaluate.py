@@ -152,10 +152,10 @@ def _reason(check: dict[str, Any]) -> str:
 def run(config: PipelineConfig) -> EvaluateResult:
     from pipeline.metrics import classification_metrics, tfidf_baseline
     from pipeline.model import load_han
-    from pipeline.runtime import apply_threads
+    from pipeline.runtime import apply_runtime
     from pipeline.shards import load_split
 
-    apply_threads(config.runtime)
+    apply_runtime(config.runtime)
     prep_dir = config.stage_dir("preprocess")
     train_dir = config.stage_dir("train")
     train_manifest = read_manifest(train_dir)

@@ -126,9 +126,9 @@ def read_texts(text: str | None, file: str | None) -> tuple[list[str], list[str 
 # --------------------------------------------------------------------------- the stage
 def run(config: PipelineConfig, texts: list[str] | None = None, labels_given: list[str | None] | None = None) -> ExplainResult:
     """Explain the test split (default) or the given raw texts."""
-    from pipeline.runtime import apply_threads
+    from pipeline.runtime import apply_runtime
 
-    apply_threads(config.runtime)
+    apply_runtime(config.runtime)
     train_dir = config.stage_dir("train")
     if read_manifest(train_dir) is None or not (train_dir / "bundle").is_dir():
         raise ExplainError(f"no trained model in {train_dir}; run `make train CONFIG=...` (or `make pipeline`) first")

@@ -43,7 +43,7 @@ from pipeline.artifacts import (
     read_manifest,
     write_json,
 )
-from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.config import ModelConfig, PipelineConfig, TrainConfig
 
 STAGE_VERSION = 1
 CHECKPOINT_FORMAT = 1
@@ -243,13 +243,13 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     from pipeline import distribute
     from pipeline.batching import bucketed_batches, document_sizes, make_dataset
     from pipeline.model import build_han, compile_han, load_pretrained_embeddings
-    from pipeline.runtime import apply_threads
+    from pipeline.runtime import apply_runtime
     from pipeline.shards import TrainingStream, training_dataset
     from pipeline.tracking import stage_run
 
     settings = config.train
     started = time.perf_counter()
-    apply_threads(config.runtime)
+    apply_runtime(config.runtime)
     # The strategy first: MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
     try:
         distribution = distribute.setup(settings.distribute)
@@ -284,7 +284,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
 
     steps_per_epoch = stream(0).steps
     with distribution.scope():
-        model = build_han(config.model, vocab_size=len(vocab_tokens), num_classes=len(labels),
+        model = build_han(training_model_config(config.model), vocab_size=len(vocab_tokens), num_classes=len(labels),
                           embedding_matrix=embedding_matrix)
         trainer = compile_han(model, config.model,
                               optimizer=build_optimizer(settings.model_copy(update={"learning_rate": rate}), steps_per_epoch))
@@ -389,12 +389,36 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             _log(f"worker {distribution.worker_index} done after {state['epochs_done']} epochs; "
                  "the chief writes the outputs and logs to MLflow")
             return TrainResult(out_dir, {}, skipped=False, chief=False)
-        result = _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch)
+        result = _write_outputs(config, key, prep_dir, out_dir, saved_model(model, config.model, len(vocab_tokens), len(labels)),
+                                labels, state, monitor, run, steps_per_epoch)
     checkpoints.clear()
     _log(f"best epoch {state['best_epoch']} of {state['epochs_done']} ({monitor} {state['best_value']:.4f}); "
          f"{state['seconds']:.1f}s of training; outputs in {out_dir}")
     _log(f"total {time.perf_counter() - started:.1f}s in this process")
     return result
+
+
+def training_model_config(model: ModelConfig) -> ModelConfig:
+    """The model settings to train with: ``model.train_word_buckets`` length groups where it is set."""
+    if model.train_word_buckets is None or model.train_word_buckets == model.word_buckets:
+        return model
+    return model.model_copy(update={"word_buckets": model.train_word_buckets})
+
+
+def saved_model(trained, model: ModelConfig, vocab_size: int, num_classes: int):
+    """The model to save: ``trained`` itself, or the same weights in a graph with ``model.word_buckets`` groups.
+
+    The length groups run the same layers on different slices of a batch, so the two models hold the
+    same variables in the same order; only the number of groups (a constant of the graph) differs.
+    """
+    from pipeline.model import build_han
+
+    if training_model_config(model) is model:
+        return trained
+    saved = build_han(model, vocab_size=vocab_size, num_classes=num_classes)
+    saved.set_weights(trained.get_weights())
+    _log(f"saving the weights trained with {model.train_word_buckets} length groups in a model with {model.word_buckets}")
+    return saved
 
 
 def _learn_word2vec(config: PipelineConfig, paths: list[Path], vocab_tokens: list[str]):

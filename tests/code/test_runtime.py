@@ -19,16 +19,16 @@ def test_threads_go_to_the_environment_before_tensorflow_is_imported_and_to_tens
     done = run_python("""
         import os, sys
         from pipeline.config import RuntimeConfig
-        from pipeline.runtime import apply_threads
-        apply_threads(RuntimeConfig(intra_op_threads=1, inter_op_threads=3))
+        from pipeline.runtime import apply_runtime
+        apply_runtime(RuntimeConfig(intra_op_threads=1, inter_op_threads=3))
         assert "tensorflow" not in sys.modules  # nothing imported TensorFlow to set them
         print(os.environ["TF_NUM_INTRAOP_THREADS"], os.environ["TF_NUM_INTEROP_THREADS"])
         import tensorflow as tf
-        apply_threads(RuntimeConfig(intra_op_threads=2, inter_op_threads=4))  # imported, not started: the API
+        apply_runtime(RuntimeConfig(intra_op_threads=2, inter_op_threads=4))  # imported, not started: the API
         print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
         tf.constant(1.0) + 1.0  # TensorFlow starts
-        apply_threads(RuntimeConfig(intra_op_threads=2, inter_op_threads=4))  # the same: silent
-        apply_threads(RuntimeConfig(intra_op_threads=4, inter_op_threads=4))  # too late: a note, no failure
+        apply_runtime(RuntimeConfig(intra_op_threads=2, inter_op_threads=4))  # the same: silent
+        apply_runtime(RuntimeConfig(intra_op_threads=4, inter_op_threads=4))  # too late: a note, no failure
         print(tf.config.threading.get_intra_op_parallelism_threads())
     """)
     assert done.returncode == 0, done.stderr
@@ -42,9 +42,38 @@ def test_null_leaves_tensorflow_its_own_defaults():
     done = run_python("""
         import os
         from pipeline.config import RuntimeConfig
-        from pipeline.runtime import apply_threads
-        apply_threads(RuntimeConfig(intra_op_threads=None, inter_op_threads=None))
+        from pipeline.runtime import apply_runtime
+        apply_runtime(RuntimeConfig(intra_op_threads=None, inter_op_threads=None))
         print("TF_NUM_INTRAOP_THREADS" in os.environ, "TF_NUM_INTEROP_THREADS" in os.environ)
     """)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "False"]
+
+
+ARENAS_AFTER_THREADS = """
+    import ctypes, tempfile, threading
+    from pipeline.config import RuntimeConfig
+    from pipeline.runtime import apply_runtime
+    apply_runtime(RuntimeConfig(malloc_arenas={arenas}))
+    start, kept = threading.Barrier(6), []
+    def allocate():  # six threads allocating at once: glibc would give each one an arena
+        start.wait()
+        for _ in range(200):
+            kept.append(bytearray(300_000))
+    threads = [threading.Thread(target=allocate) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    libc, path = ctypes.CDLL("libc.so.6"), tempfile.mktemp()
+    libc.fopen.restype = ctypes.c_void_p
+    stream = ctypes.c_void_p(libc.fopen(path.encode(), b"w"))
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(path).read().count("<heap nr="))
+"""
+
+
+def test_malloc_arenas_caps_the_arenas_threads_allocate_from():
+    capped, default = (run_python(ARENAS_AFTER_THREADS.format(arenas=arenas)) for arenas in (1, None))
+    assert capped.returncode == 0 and default.returncode == 0, capped.stderr + default.stderr
+    assert int(capped.stdout) == 1
+    assert int(default.stdout) > 1  # glibc's own default: more than one, so the cap is what made it 1

@@ -160,3 +160,29 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
     assert train.Checkpoints(tmp_path / "resume", "fingerprint-b").load() is None
     (tmp_path / "resume" / "state.json").write_text("{broken")
     assert checkpoints.load() is None
+
+
+def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups(tmp_path, monkeypatch, capsys):
+    import keras
+
+    from pipeline.batching import pad_batch
+    from pipeline.config import load_config
+    from pipeline.model import build_han
+    from pipeline.shards import load_split
+
+    overrides = [*SMALL, "train.epochs=1", "data.demo.num_documents=300", "model.word_buckets=3",
+                 "model.train_word_buckets=2", "model.word_bucket_sentences=2"]
+    workspace = make_workspace(tmp_path, overrides)
+    workspace.activate(monkeypatch)
+    assert main(["preprocess", *set_args(overrides)]) == 0
+    assert main(["train", *set_args(overrides)]) == 0
+    assert "trained with 2 length groups in a model with 3" in capsys.readouterr().err
+    saved = keras.saving.load_model(workspace.config.stage_dir("train") / "model.keras", safe_mode=True)
+    assert saved.get_layer("split_by_length").buckets == 3
+    # The training graph (2 groups) with the saved weights gives the saved model's outputs.
+    config = load_config(None, overrides)
+    trained = build_han(config.model.model_copy(update={"word_buckets": 2}), vocab_size=saved.get_layer("word_embedding").input_dim,
+                        num_classes=4)
+    trained.set_weights(saved.get_weights())
+    batch = pad_batch(load_split(workspace.config.stage_dir("preprocess"), "validation").documents()[:16])
+    np.testing.assert_allclose(trained(batch)["probabilities"], saved(batch)["probabilities"], atol=1e-6)
