@@ -168,7 +168,7 @@ class ModelConfig(_Strict):
         None, ge=1, le=32,
         description="length groups while training; null = word_buckets. The saved model (evaluate, explain, serving) "
         "keeps word_buckets: the weights are the same, only the graph differs. Fewer groups trace a smaller training "
-        "graph with fewer loops alive at once: a lower peak RSS for somewhat slower training (README: Memory)",
+        "graph with fewer loops alive at once: a lower peak RSS for somewhat slower training (README: Speed on a CPU, Memory)",
     )
     word_bucket_sentences: int = Field(
         64, ge=1, le=65_536, description="fewest sentences worth a group of their own: a batch of n sentences uses "
@@ -323,7 +323,7 @@ class RuntimeConfig(_Strict):
         None, ge=1, le=1024,
         description="glibc malloc arenas (M_ARENA_MAX) for the whole process; null = glibc's default (8 per core). 1 "
         "(configs/bbc.yaml, imdb.yaml): TensorFlow's threads stop keeping freed memory in arenas of their own "
-        "(README: Memory); ignored off glibc",
+        "(README: Speed on a CPU, Memory); ignored off glibc",
     )
 
 
