@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.runtime import apply_runtime
 
-    apply_runtime(RuntimeConfig(intra_op_threads=1, malloc_arenas=1))  # as configs/bbc.yaml and imdb.yaml
+    apply_runtime(RuntimeConfig(intra_op_threads=1, malloc_arenas=2))  # as configs/bbc.yaml and imdb.yaml
     import keras
     import numpy as np
     import tensorflow as tf

@@ -321,9 +321,9 @@ class RuntimeConfig(_Strict):
     )
     malloc_arenas: int | None = Field(
         None, ge=1, le=1024,
-        description="glibc malloc arenas (M_ARENA_MAX) for the whole process; null = glibc's default (8 per core). 1 "
-        "(configs/bbc.yaml, imdb.yaml): TensorFlow's threads stop keeping freed memory in arenas of their own "
-        "(README: Speed on a CPU, Memory); ignored off glibc",
+        description="glibc malloc arenas (M_ARENA_MAX) for the whole process; null = glibc's default (8 per core). 2 "
+        "(configs/bbc.yaml, imdb.yaml): less freed memory kept in arenas of TensorFlow's threads' own at the same "
+        "speed; 1 was slower (README: Speed on a CPU, Memory); ignored off glibc",
     )
 
 
