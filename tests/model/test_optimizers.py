@@ -118,3 +118,61 @@ def test_lazy_adam_deduplicates_the_embedding_rows_once_per_step(clipnorm):
     ops_by_type = [op.type for op in graph.get_operations()]
     assert ops_by_type.count("Unique") == 1
     assert ops_by_type.count("UnsortedSegmentSum") == 1
+
+
+MIRRORED = """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from pipeline.optimizers import LazyAdam
+    from tests.model.test_optimizers import FULL_BATCHES, tiny_model
+
+    def train(strategy, clipnorm):
+        with strategy.scope():
+            model = tiny_model()
+            optimizer = LazyAdam(learning_rate=0.1, global_clipnorm=clipnorm)
+            optimizer.build(model.trainable_variables)
+
+        @tf.function
+        def step(ids):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(ids) ** 2)  # summed, so the replicas' gradients add up to the whole batch's
+            optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+
+        for ids in FULL_BATCHES:
+            if strategy.num_replicas_in_sync == 1:
+                step(tf.constant(ids))
+            else:  # one document per replica
+                def share(context, ids=ids):
+                    replica = context.replica_id_in_sync_group
+                    return tf.constant(ids[replica:replica + 1])
+                strategy.run(step, args=(strategy.experimental_distribute_values_from_function(share),))
+        return [np.asarray(w).tolist() for w in model.get_weights()]
+
+    clipnorm = None if sys.argv[1] == "none" else float(sys.argv[1])
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    print(json.dumps([train(tf.distribute.MirroredStrategy(devices[:1]), clipnorm),
+                      train(tf.distribute.MirroredStrategy(devices), clipnorm)]))
+"""
+
+
+@pytest.mark.parametrize("clipnorm", ["none", "1e6"])
+def test_lazy_adam_over_two_replicas_matches_one_device_on_the_whole_batch(clipnorm):
+    # The all-reduce concatenates the replicas' sparse rows, so a word both replicas used arrives
+    # twice: the update must sum the repeats again even when clipping already deduplicated each
+    # replica's rows (1e6: the clipping runs but scales nothing, so one device is the reference).
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from pipeline.config import PROJECT_ROOT
+
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(MIRRORED), clipnorm], capture_output=True, text=True,
+                          timeout=300, cwd=PROJECT_ROOT, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = json.loads(done.stdout.splitlines()[-1])
+    for got, expected in zip(two, one, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
