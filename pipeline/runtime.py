@@ -9,10 +9,10 @@ the runtime starts, so the import itself is not paid for here); after the import
 pipelines in one process), the running pools stay and a note says so: nothing fails over it.
 
 ``malloc_arenas`` caps glibc's malloc arenas (``mallopt(M_ARENA_MAX)``, as the
-``MALLOC_ARENA_MAX`` environment variable does at start-up). glibc gives each thread that
-allocates while another holds the lock an arena of its own, up to 8 per core; TensorFlow's
-inter-op threads allocate and free every step's tensors, and memory freed in one arena is not
-reused by another, so a process's peak grows with its threads. The cap applies to arenas made
+``MALLOC_ARENA_MAX`` environment variable does at start-up). glibc gives each new thread that
+allocates an arena of its own until there are 8 per core (past that, threads share them);
+TensorFlow's threads allocate and free every step's tensors, and memory freed into one arena
+is not reused by another's thread, so a process's peak grows with its threads. The cap applies to arenas made
 after it: set before TensorFlow starts its threads. Elsewhere than glibc it does nothing.
 """
 
