@@ -46,6 +46,7 @@ from keras import ops
 
 from pipeline.attention import SCORE_LAYERS, AttentionPooling
 from pipeline.config import AttentionConfig, ModelConfig
+from pipeline.recurrent import BiGRU
 
 PAD_ID = 0
 OOV_ID = 1
@@ -486,9 +487,10 @@ def compile_han(
     return trainer
 
 
-def _bidirectional(kind: str, units: int, name: str) -> keras.layers.Bidirectional:
-    recurrent = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}[kind]
-    return keras.layers.Bidirectional(recurrent(units, return_sequences=True), name=name)
+def _bidirectional(kind: str, units: int, name: str) -> keras.layers.Layer:
+    if kind == "gru":
+        return BiGRU(units, name=name)  # Keras' Bidirectional(GRU) computed in fewer, larger ops (pipeline.recurrent)
+    return keras.layers.Bidirectional(keras.layers.LSTM(units, return_sequences=True), name=name)
 
 
 def _check_build_arguments(config, vocab_size, num_classes, embedding_matrix) -> None:
