@@ -126,15 +126,13 @@ def gru_steps(projected, mask, recurrent_kernel, recurrent_bias, reverse=False):
 
     @tf.custom_gradient
     def run(projected, recurrent_kernel, recurrent_bias):
-        inputs, masks = array(3 * units).unstack(projected), array(1, tf.bool).unstack(mask)
-
         def step(i, state, outputs):
             t = first + stride * i
-            x_gates, x_candidate = tf.split(inputs.read(t), [2 * units, units], axis=-1)
+            x_gates, x_candidate = tf.split(tf.gather(projected, t), [2 * units, units], axis=-1)
             inner_gates, inner_candidate = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
             update, reset = tf.split(tf.sigmoid(x_gates + inner_gates), 2, axis=-1)
             candidate = tf.tanh(x_candidate + reset * inner_candidate)
-            new_state = tf.where(masks.read(t), candidate + update * (state - candidate), state)
+            new_state = tf.where(tf.gather(mask, t), candidate + update * (state - candidate), state)
             return i + 1, new_state, outputs.write(t, new_state)
 
         _, _, outputs = tf.while_loop(
@@ -163,12 +161,11 @@ def gru_steps(projected, mask, recurrent_kernel, recurrent_bias, reverse=False):
                 reset,
                 1 - real * (1 - update),
             ], axis=-1)
-            factor_steps, d_state_steps = array(5 * units).unstack(factors), array(units).unstack(d_states)
 
             def back(i, d_state, d_inner_steps, d_candidate_steps):
                 t = last - stride * i
-                g = d_state_steps.read(t) + d_state
-                candidate_factor, update_factor, reset_factor, reset, carry = tf.split(factor_steps.read(t), 5, axis=-1)
+                g = tf.gather(d_states, t) + d_state
+                candidate_factor, update_factor, reset_factor, reset, carry = tf.split(tf.gather(factors, t), 5, axis=-1)
                 d_candidate = g * candidate_factor
                 d_inner = tf.concat([g * update_factor, d_candidate * reset_factor, d_candidate * reset], axis=-1)
                 d_previous = g * carry + tf.matmul(d_inner, recurrent_kernel, transpose_b=True)
