@@ -121,17 +121,14 @@ def gru_steps(projected, mask, recurrent_kernel, recurrent_bias, reverse=False):
     steps, rows = tf.shape(projected)[0], tf.shape(projected)[1]
     first, last, stride = (steps - 1, 0, -1) if reverse else (0, steps - 1, 1)
 
-    def array(width, dtype=projected.dtype):
-        return tf.TensorArray(dtype, size=steps, element_shape=tf.TensorShape([None, width]))
+    def array(width):
+        return tf.TensorArray(projected.dtype, size=steps, element_shape=tf.TensorShape([None, width]))
 
     @tf.custom_gradient
     def run(projected, recurrent_kernel, recurrent_bias):
         def step(i, state, outputs):
             t = first + stride * i
-            x_gates, x_candidate = tf.split(tf.gather(projected, t), [2 * units, units], axis=-1)
-            inner_gates, inner_candidate = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
-            update, reset = tf.split(tf.sigmoid(x_gates + inner_gates), 2, axis=-1)
-            candidate = tf.tanh(x_candidate + reset * inner_candidate)
+            update, _, candidate, _ = _gates(tf.gather(projected, t), tf.matmul(state, recurrent_kernel) + recurrent_bias)
             new_state = tf.where(tf.gather(mask, t), candidate + update * (state - candidate), state)
             return i + 1, new_state, outputs.write(t, new_state)
 
@@ -145,11 +142,7 @@ def gru_steps(projected, mask, recurrent_kernel, recurrent_bias, reverse=False):
             zero = tf.zeros_like(states[:1])
             previous = tf.concat([states[1:], zero], axis=0) if reverse else tf.concat([zero, states[:-1]], axis=0)
             inner = tf.reshape(tf.matmul(tf.reshape(previous, (-1, units)), recurrent_kernel), (steps, rows, 3 * units)) + recurrent_bias
-            x_update, x_reset, x_candidate = tf.split(projected, 3, axis=-1)
-            inner_update, inner_reset, inner_candidate = tf.split(inner, 3, axis=-1)
-            update = tf.sigmoid(x_update + inner_update)
-            reset = tf.sigmoid(x_reset + inner_reset)
-            candidate = tf.tanh(x_candidate + reset * inner_candidate)
+            update, reset, candidate, inner_candidate = _gates(projected, inner)
             real = tf.cast(mask, projected.dtype)
             # state = real (candidate + update (previous - candidate)) + (1 - real) previous; with g = d state:
             # d pre-candidate = g real (1 - update)(1 - candidate^2); d pre-update = g real (previous - candidate) update (1 - update);
@@ -183,3 +176,15 @@ def gru_steps(projected, mask, recurrent_kernel, recurrent_bias, reverse=False):
         return states, grad
 
     return run(projected, recurrent_kernel, recurrent_bias)
+
+
+def _gates(projected, inner):
+    """Update gate, reset gate, candidate state and the recurrent candidate term of Keras' GRU
+    (``reset_after``), from the projected inputs and the projected previous state (column blocks
+    update, reset, candidate), for one step or for all at once: the forward loop and the backward
+    pass's recomputation use the same formulas."""
+    units = projected.shape[-1] // 3
+    x_gates, x_candidate = tf.split(projected, [2 * units, units], axis=-1)
+    inner_gates, inner_candidate = tf.split(inner, [2 * units, units], axis=-1)
+    update, reset = tf.split(tf.sigmoid(x_gates + inner_gates), 2, axis=-1)
+    return update, reset, tf.tanh(x_candidate + reset * inner_candidate), inner_candidate

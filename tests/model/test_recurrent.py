@@ -107,8 +107,9 @@ def test_saves_and_loads(tmp_path):
     np.testing.assert_allclose(loaded(inputs).numpy(), model(inputs).numpy(), atol=1e-7)
 
 
-def test_learns_a_task_that_needs_both_directions():
-    """Real Keras training: label = whether the first real step's sign equals the last's (needs both ends)."""
+def test_learns_a_task_that_needs_the_first_and_last_real_steps():
+    """Real Keras training: label = whether the first real step's sign equals the last's, so the
+    state must carry over the steps between them and stop at each row's own end."""
     rng = np.random.default_rng(3)
     rows, steps = 512, 7
     inputs = rng.normal(size=(rows, steps, 1)).astype("float32")
