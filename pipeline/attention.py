@@ -181,7 +181,8 @@ class AttentionPooling(keras.layers.Layer):
         Returns:
             Scores of shape ``(batch_size, steps, heads)``.
         """
-        return ops.einsum("btc,hc->bth", keys, self.context)
+        # A matmul, not an einsum (see the pooling in ``call``).
+        return ops.matmul(keys, ops.transpose(self.context))
 
     # ------------------------------------------------------------------ the algorithm
     def call(self, inputs, mask=None, training=None, penalty_rows=None):
@@ -199,8 +200,11 @@ class AttentionPooling(keras.layers.Layer):
             self.add_loss(self.entropy_penalty * normalized_entropy(head_weights, real, penalty_rows))
         # Zero the padded states too: 0 * NaN from an encoder's padding would still be NaN.
         states = ops.where(real, inputs, ops.zeros_like(inputs))
-        pooled = ops.einsum("bth,btf->bhf", ops.cast(head_weights, inputs.dtype), states)
-        pooled = ops.reshape(pooled, (batch_size, self.heads * inputs.shape[-1]))
+        # sum_i a_i h_i per head as a broadcast product and a sum, not an einsum: on a CPU the word
+        # attention's einsums and their gradients took 18 of a training step's 227 ms of CPU time
+        # (IMDB, 8 groups, 2 cores, TensorFlow's profiler), the products and sums ~3 ms.
+        weighted = ops.expand_dims(ops.cast(head_weights, inputs.dtype), -1) * ops.expand_dims(states, 2)
+        pooled = ops.reshape(ops.sum(weighted, axis=1), (batch_size, self.heads * inputs.shape[-1]))
         return pooled, ops.mean(head_weights, axis=-1)
 
     def _weights_from_scores(self, scores, real, training):
@@ -268,7 +272,7 @@ class AdditiveAttentionPooling(AttentionPooling):
     def _calculate_scores(self, keys):
         # (batch, steps, 1, d) + (1, 1, heads, d) -> (batch, steps, heads, d)
         summed = ops.tanh(ops.expand_dims(keys, 2) + self.context[None, None, :, :])
-        return ops.einsum("bthc,c->bth", summed, self.score_vector)
+        return ops.sum(summed * self.score_vector, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="han")
@@ -301,7 +305,7 @@ class GeneralAttentionPooling(AttentionPooling):
         )
 
     def _calculate_scores(self, keys):
-        return ops.einsum("btc,cd,hd->bth", keys, self.bilinear_kernel, self.context)
+        return ops.matmul(ops.matmul(keys, self.bilinear_kernel), ops.transpose(self.context))
 
 
 @keras.saving.register_keras_serializable(package="han")

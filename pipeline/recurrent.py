@@ -14,7 +14,10 @@ gradient one step at a time. ``BiGRU`` computes the same outputs and gradients w
    in input order (no reversed copies);
 3. a hand-written backward pass (``gru_steps``): every step's gates recomputed at once from the
    saved states (one large matmul), folded into five factors, then one loop of a matmul and a
-   few multiplies per step; the recurrent kernel's gradient is one large matmul after it.
+   few multiplies per step; the recurrent kernel's gradient is one large matmul after it;
+4. at inference, given the token ids the inputs were embedded from, the input projections of
+   each distinct id once (``token_ids``): a group of IMDB sentences has ~4.7x as many
+   ``(sentences, words)`` cells as distinct ids in it.
 
 Masked steps carry the state over (``where``), as Keras' masked RNN does, so masked words
 anywhere in a sequence are skipped exactly, and their outputs are zero, as ``Bidirectional``
@@ -41,6 +44,12 @@ class BiGRU(keras.layers.Layer):
         inputs: Float tensor ``(rows, steps, features)``.
         mask: Optional bool tensor ``(rows, steps)``; ``False`` steps are skipped (the state is
             carried over them) and give zero outputs.
+        training: With ``token_ids``: False or None (inference) projects each distinct id once.
+        token_ids: Optional int tensor ``(rows, steps)``, the ids ``inputs`` were looked up
+            from, for inference: equal ids must have equal input vectors (true of an embedding
+            without dropout). Each distinct id's vector is then multiplied by the input kernels
+            once and the results gathered to the steps. Ignored when ``training`` is True
+            (dropout between the embedding and this layer makes equal ids differ).
 
     Returns:
         ``(rows, steps, 2 * units)``: at each step the forward state, then the backward state.
@@ -63,7 +72,7 @@ class BiGRU(keras.layers.Layer):
             for direction in ("forward", "backward")
         ]
 
-    def call(self, inputs, mask=None):
+    def call(self, inputs, mask=None, training=None, token_ids=None):
         units = self.units
         inputs = tf.convert_to_tensor(inputs)
         shape = tf.shape(inputs)
@@ -75,8 +84,19 @@ class BiGRU(keras.layers.Layer):
         # Time-major; each direction's inputs through its input kernel in one matmul, outside the loops.
         flat = tf.reshape(tf.transpose(inputs, (1, 0, 2)), (-1, shape[2]))
         step_mask = tf.transpose(mask, (1, 0))[..., None]  # (steps, rows, 1)
+        if token_ids is not None and not training:
+            # Each distinct id's vector (its first step's) through the kernels once, then to every step.
+            distinct, index = tf.unique(tf.reshape(tf.transpose(token_ids, (1, 0)), (-1,)))
+            first = tf.math.unsorted_segment_min(tf.range(tf.size(index)), index, tf.size(distinct))
+            vectors = tf.gather(flat, first)
+
+            def project(kernel, bias):
+                return tf.gather(tf.matmul(vectors, kernel) + bias, index)
+        else:
+            def project(kernel, bias):
+                return tf.matmul(flat, kernel) + bias
         states = [
-            gru_steps(tf.reshape(tf.matmul(flat, kernel) + bias[0], (steps, rows, 3 * units)), step_mask,
+            gru_steps(tf.reshape(project(kernel, bias[0]), (steps, rows, 3 * units)), step_mask,
                       tf.convert_to_tensor(recurrent_kernel), bias[1], reverse=reverse)
             for (kernel, recurrent_kernel, bias), reverse in zip(self.directions, (False, True), strict=True)
         ]

@@ -13,6 +13,7 @@ from pipeline.model import (
     OUTPUT_NAMES,
     GatherSentences,
     MergeBuckets,
+    RowEmbedding,
     SplitByLength,
     build_han,
     compile_han,
@@ -240,6 +241,28 @@ def test_length_groups_give_the_same_outputs_and_gradients_as_one_group(option):
 
     for g_one, g_grouped in zip(gradients(one), gradients(grouped), strict=True):
         np.testing.assert_allclose(g_grouped, g_one, atol=1e-5, rtol=0)
+
+
+def test_row_embedding_reads_only_the_rows_it_looks_up():
+    ours, reference = RowEmbedding(VOCAB_SIZE, 6), keras.layers.Embedding(VOCAB_SIZE, 6)
+    ours.build((None,)), reference.build((None,))
+    reference.set_weights(ours.get_weights())
+    ids = tf.constant([[3, 7, 3], [0, 39, 1]])
+    np.testing.assert_array_equal(ours(ids).numpy(), reference(ids).numpy())
+
+    def lookup(layer):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(layer(ids)))
+        return tape.gradient(loss, layer.trainable_variables)[0]
+
+    gradient = lookup(ours)
+    assert isinstance(gradient, tf.IndexedSlices)  # sparse, for LazyAdam's row-wise update
+    np.testing.assert_allclose(tf.convert_to_tensor(gradient).numpy(), tf.convert_to_tensor(lookup(reference)).numpy())
+    # Keras' Embedding reads the whole table (a copy, once the table is updated row-wise); ours gathers from the variable.
+    graph_ops = {op.type for op in tf.function(ours).get_concrete_function(ids).graph.get_operations()}
+    assert "ResourceGather" in graph_ops and "ReadVariableOp" not in graph_ops
+    reference_ops = {op.type for op in tf.function(reference).get_concrete_function(ids).graph.get_operations()}
+    assert "ReadVariableOp" in reference_ops
 
 
 def test_length_groups_add_the_same_word_entropy_penalty_as_one_group():

@@ -96,6 +96,31 @@ def test_without_mask_every_step_counts():
     np.testing.assert_allclose(ours(inputs).numpy(), reference(inputs).numpy(), atol=1e-6)
 
 
+def test_inference_projects_each_distinct_token_once_with_the_same_outputs():
+    rng = np.random.default_rng(3)
+    token_ids = rng.integers(0, 5, size=(6, 9))  # few distinct ids: most steps repeat one
+    table = rng.normal(size=(5, 4)).astype("float32")
+    embedded = table[token_ids]
+    mask = token_ids != 0
+    _, ours = twin_layers(features=4)
+    plain = ours(embedded, mask=mask).numpy()
+    np.testing.assert_allclose(ours(embedded, mask=mask, token_ids=token_ids).numpy(), plain, atol=1e-6)
+    np.testing.assert_allclose(tf.function(lambda x, m, i: ours(x, mask=m, token_ids=i))(embedded, mask, token_ids).numpy(),
+                               plain, atol=1e-6)
+
+    # The ids are what decides which steps share a projection: vectors that differ under one id
+    # (dropout's doing) are each projected in training, and projected once (the first) at inference.
+    noisy = embedded + rng.normal(scale=0.5, size=embedded.shape).astype("float32")
+    np.testing.assert_allclose(ours(noisy, mask=mask, training=True, token_ids=token_ids).numpy(),
+                               ours(noisy, mask=mask).numpy(), atol=1e-6)
+    flat_ids, flat = token_ids.T.ravel(), noisy.transpose(1, 0, 2).reshape(-1, 4)  # the layer's time-major order
+    first = {i: flat[np.flatnonzero(flat_ids == i)[0]] for i in np.unique(flat_ids)}
+    as_first = np.stack([first[i] for i in flat_ids]).reshape(9, 6, 4).transpose(1, 0, 2)
+    with_ids = ours(noisy, mask=mask, token_ids=token_ids).numpy()
+    np.testing.assert_allclose(with_ids, ours(as_first, mask=mask).numpy(), atol=1e-6)
+    assert np.abs(with_ids - ours(noisy, mask=mask).numpy()).max() > 1e-2
+
+
 def test_saves_and_loads(tmp_path):
     inputs, mask = batch()
     layer_input = keras.Input((None, inputs.shape[-1]))
