@@ -82,17 +82,19 @@ class BiGRU(keras.layers.Layer):
         mask = tf.cast(mask, tf.bool)
 
         # Time-major; each direction's inputs through its input kernel in one matmul, outside the loops.
-        flat = tf.reshape(tf.transpose(inputs, (1, 0, 2)), (-1, shape[2]))
         step_mask = tf.transpose(mask, (1, 0))[..., None]  # (steps, rows, 1)
         if token_ids is not None and not training:
-            # Each distinct id's vector (its first step's) through the kernels once, then to every step.
+            # Each distinct id's vector (at its first time-major step) through the kernels once, then
+            # gathered to every step; only those vectors are read, so the inputs are not transposed.
             distinct, index = tf.unique(tf.reshape(tf.transpose(token_ids, (1, 0)), (-1,)))
             first = tf.math.unsorted_segment_min(tf.range(tf.size(index)), index, tf.size(distinct))
-            vectors = tf.gather(flat, first)
+            vectors = tf.gather(tf.reshape(inputs, (-1, shape[2])), (first % rows) * steps + first // rows)
 
             def project(kernel, bias):
                 return tf.gather(tf.matmul(vectors, kernel) + bias, index)
         else:
+            flat = tf.reshape(tf.transpose(inputs, (1, 0, 2)), (-1, shape[2]))
+
             def project(kernel, bias):
                 return tf.matmul(flat, kernel) + bias
         states = [
