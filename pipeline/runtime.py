@@ -14,6 +14,7 @@ allocates an arena of its own until there are 8 per core (past that, threads sha
 TensorFlow's threads allocate and free every step's tensors, and memory freed into one arena
 is not reused by another's thread, so a process's peak grows with its threads. The cap applies to arenas made
 after it: set before TensorFlow starts its threads. Elsewhere than glibc it does nothing.
+``malloc_trim_steps`` has the train stage call ``release_free_memory`` every N steps.
 """
 
 from __future__ import annotations
@@ -56,6 +57,24 @@ def apply_runtime(settings: RuntimeConfig) -> dict[str, int | None]:
             print(f"runtime: TensorFlow already runs in this process with {name.replace('_', ' ')} = "
                   f"{current or 'its default'}; runtime.{name}={value} applies to a new process", file=sys.stderr)
     return wanted
+
+
+def release_free_memory() -> bool:
+    """Hand the memory freed inside the process back to the system (glibc's ``malloc_trim(0)``).
+
+    glibc keeps freed heap memory for reuse and returns only the top of a heap by itself; the
+    freed pages in between stay resident. ``malloc_trim`` releases them too. ``False`` (and
+    nothing done) off glibc or when nothing could be released.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 M_ARENA_MAX = -8  # glibc's malloc.h

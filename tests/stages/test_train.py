@@ -186,3 +186,20 @@ def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups
     trained.set_weights(saved.get_weights())
     batch = pad_batch(load_split(workspace.config.stage_dir("preprocess"), "validation").documents()[:16])
     np.testing.assert_allclose(trained(batch)["probabilities"], saved(batch)["probabilities"], atol=1e-6)
+
+
+def test_malloc_trim_steps_hands_freed_memory_back_every_n_steps(tmp_path, monkeypatch):
+    import pipeline.runtime
+
+    calls = []
+    real = pipeline.runtime.release_free_memory
+    monkeypatch.setattr(pipeline.runtime, "release_free_memory", lambda: calls.append(real()) or calls[-1])
+    overrides = [*SMALL, "train.epochs=2", "data.demo.num_documents=200", "runtime.malloc_trim_steps=3"]
+    workspace = make_workspace(tmp_path, overrides)
+    workspace.activate(monkeypatch)
+    assert main(["preprocess", *set_args(overrides)]) == 0
+    assert main(["train", *set_args(overrides)]) == 0
+    steps = json.loads((workspace.config.stage_dir("train") / "manifest.json").read_text())["steps_per_epoch"]
+    assert steps >= 3
+    assert len(calls) == 2 * (steps // 3)  # every third step of each epoch, counted from the epoch's start
+    assert all(isinstance(released, bool) for released in calls)
