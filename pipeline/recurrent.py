@@ -49,7 +49,9 @@ class BiGRU(keras.layers.Layer):
             from, for inference: equal ids must have equal input vectors (true of an embedding
             without dropout). Each distinct id's vector is then multiplied by the input kernels
             once and the results gathered to the steps. Ignored when ``training`` is True
-            (dropout between the embedding and this layer makes equal ids differ).
+            (dropout between the embedding and this layer makes equal ids differ). Gradients
+            with respect to ``inputs`` then reach only each id's first step: differentiate
+            with ``training=True`` (the train stage does) or without ``token_ids``.
 
     Returns:
         ``(rows, steps, 2 * units)``: at each step the forward state, then the backward state.

@@ -66,15 +66,8 @@ def release_free_memory() -> bool:
     freed pages in between stay resident. ``malloc_trim`` releases them too. ``False`` (and
     nothing done) off glibc or when nothing could be released.
     """
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 M_ARENA_MAX = -8  # glibc's malloc.h
@@ -82,12 +75,19 @@ M_ARENA_MAX = -8  # glibc's malloc.h
 
 def limit_malloc_arenas(arenas: int) -> bool:
     """At most ``arenas`` glibc malloc arenas from now on; ``False`` where the C library is not glibc."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_ARENA_MAX, int(arenas)))
+
+
+def _glibc():
+    """glibc (``ctypes.CDLL``), or ``None`` where the C library is another or cannot be loaded."""
     import ctypes
     import platform
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+        return None
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(arenas)))
-    except (OSError, AttributeError):
-        return False
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
