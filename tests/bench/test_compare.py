@@ -32,7 +32,8 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
     (json_path,) = (tmp_path / "results").glob("*-quick.json")
     results = json.loads(json_path.read_text())
     assert results["machine"]["cores"] == os.cpu_count() and results["machine"]["tensorflow"]
-    assert results["runtime"] == {"intra_op_threads": 1, "inter_op_threads": None, "malloc_arenas": 2}  # every system's threads
+    # every system's threads and arenas (malloc_trim_steps: our train stage's own)
+    assert results["runtime"] == {"intra_op_threads": 1, "inter_op_threads": None, "malloc_arenas": 2, "malloc_trim_steps": 25}
     assert sorted(results["datasets"]) == ["bbc"]
     for dataset, systems in results["datasets"].items():
         assert sorted(systems) == sorted(SYSTEMS)
