@@ -351,7 +351,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
 
             dataset = distribute.distributed_dataset(distribution, epoch_dataset)
             fit = trainer.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_dataset, verbose=0, shuffle=False,
-                              callbacks=[_BatchProgress(epoch, settings.epochs, steps_per_epoch, config.runtime.malloc_trim_steps)])
+                              callbacks=[_BatchProgress(epoch, settings.epochs, steps_per_epoch),
+                                         *_memory_trim(config.runtime.malloc_trim_steps)])
             logs = {name: float(values[-1]) for name, values in fit.history.items()}
             logs["learning_rate"] = current_learning_rate(trainer.optimizer)
             logs["padding_efficiency"] = streams[-1].padding_efficiency  # this worker's batches
@@ -490,15 +491,12 @@ def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], seconds: float,
 
 
 class _BatchProgress:
-    """Keras callback: a progress line every 15 s inside long epochs (silent for short ones); with
-    ``trim_steps``, the process's freed memory handed back to the system every that many steps
-    (``runtime.malloc_trim_steps``)."""
+    """Keras callback: a progress line every 15 s inside long epochs (silent for short ones)."""
 
-    def __new__(cls, epoch: int, epochs: int, steps: int, trim_steps: int | None = None):
+    def __new__(cls, epoch: int, epochs: int, steps: int):
         import keras
 
         from pipeline.progress import Progress
-        from pipeline.runtime import release_free_memory
 
         class Callback(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch_index, logs=None):
@@ -506,10 +504,25 @@ class _BatchProgress:
 
             def on_train_batch_end(self, batch, logs=None):
                 self.progress.advance(1)
-                if trim_steps and (batch + 1) % trim_steps == 0:
-                    release_free_memory()
 
         return Callback()
+
+
+def _memory_trim(every: int | None) -> list:
+    """``runtime.malloc_trim_steps``: a Keras callback handing the process's freed memory back to
+    the system every ``every`` steps of an epoch; none when ``every`` is None."""
+    if not every:
+        return []
+    import keras
+
+    from pipeline import runtime
+
+    class Callback(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % every == 0:
+                runtime.release_free_memory()
+
+    return [Callback()]
 
 
 def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch) -> TrainResult:
