@@ -265,6 +265,20 @@ def test_row_embedding_reads_only_the_rows_it_looks_up():
     assert "ReadVariableOp" in reference_ops
 
 
+@pytest.mark.parametrize("buckets", [1, 4])
+def test_inference_projects_each_distinct_word_once_and_training_every_occurrence(buckets):
+    # build_han hands the word BiGRU its token ids: the inference graph dedupes them, the training graph does not.
+    model = build_han(small_config(word_buckets=buckets, word_bucket_sentences=2), VOCAB_SIZE, NUM_CLASSES)
+    token_ids = tf.constant(pad([DOCUMENT, LONG_DOCUMENT]))
+
+    def op_types(training):
+        graph = tf.function(lambda x: model(x, training=training)).get_concrete_function(token_ids).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "Unique" in op_types(False)
+    assert "Unique" not in op_types(True)
+
+
 def test_length_groups_add_the_same_word_entropy_penalty_as_one_group():
     # Each group's attention call adds its rows' share, so the sum is the mean over all sentences
     # (the empty rows SplitByLength adds count for nothing).
