@@ -179,6 +179,13 @@ class ModelConfig(_Strict):
     word_attention: AttentionConfig = Field(default_factory=AttentionConfig)
     sentence_attention: AttentionConfig = Field(default_factory=AttentionConfig)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    embedding_dropout: Literal["element", "word_type"] = Field(
+        "element",
+        description="how `dropout` masks the word vectors in training. element: every feature of every word occurrence "
+        "on its own (Keras' Dropout). word_type: one mask per distinct word in a group of sentences, shared by all its "
+        "occurrences there; each distinct word is then embedded and multiplied by the word BiGRU's input kernels once "
+        "per group in training as at inference (README: Speed on a CPU)",
+    )
     multilabel: bool = False
 
 

@@ -17,7 +17,8 @@ gradient one step at a time. ``BiGRU`` computes the same outputs and gradients w
    few multiplies per step; the recurrent kernel's gradient is one large matmul after it;
 4. at inference, given the token ids the inputs were embedded from, the input projections of
    each distinct id once (``token_ids``): a group of IMDB sentences has ~4.7x as many
-   ``(sentences, words)`` cells as distinct ids in it.
+   ``(sentences, words)`` cells as distinct ids in it; given a table of vectors and each
+   step's row in it (``index``), the same in training too.
 
 Masked steps carry the state over (``where``), as Keras' masked RNN does, so masked words
 anywhere in a sequence are skipped exactly, and their outputs are zero, as ``Bidirectional``
@@ -53,6 +54,14 @@ class BiGRU(keras.layers.Layer):
             with respect to ``inputs`` then reach only each id's first step: differentiate
             with ``training=True`` (the train stage does) or without ``token_ids``.
 
+        index: Optional int tensor ``(rows, steps)``: ``inputs`` is then a table ``(vectors,
+            features)`` and step ``t`` of row ``r`` reads its row ``index[r, t]``, in training
+            and at inference alike. Each table row goes through the input kernels once, and
+            the gradients are exact (those of the gathered inputs, summed per table row). The
+            HAN passes the distinct words of a group of sentences this way when every
+            occurrence of a word shares one dropout mask (``model.embedding_dropout:
+            word_type``).
+
     Returns:
         ``(rows, steps, 2 * units)``: at each step the forward state, then the backward state.
     """
@@ -74,10 +83,10 @@ class BiGRU(keras.layers.Layer):
             for direction in ("forward", "backward")
         ]
 
-    def call(self, inputs, mask=None, training=None, token_ids=None):
+    def call(self, inputs, mask=None, training=None, token_ids=None, index=None):
         units = self.units
         inputs = tf.convert_to_tensor(inputs)
-        shape = tf.shape(inputs)
+        shape = tf.shape(inputs) if index is None else tf.shape(index)
         rows, steps = shape[0], shape[1]
         if mask is None:
             mask = tf.ones((rows, steps), dtype=tf.bool)
@@ -85,7 +94,13 @@ class BiGRU(keras.layers.Layer):
 
         # Time-major; each direction's inputs through its input kernel in one matmul, outside the loops.
         step_mask = tf.transpose(mask, (1, 0))[..., None]  # (steps, rows, 1)
-        if token_ids is not None and not training:
+        if index is not None:
+            # A table of input vectors: each row through the kernels once, gathered to the steps.
+            step_index = tf.transpose(index, (1, 0))
+
+            def project(kernel, bias):
+                return tf.gather(tf.matmul(inputs, kernel) + bias, step_index)
+        elif token_ids is not None and not training:
             # Each distinct id's vector (at its first time-major step) through the kernels once, then
             # gathered to every step; only those vectors are read, so the inputs are not transposed.
             distinct, index = tf.unique(tf.reshape(tf.transpose(token_ids, (1, 0)), (-1,)))
@@ -108,6 +123,8 @@ class BiGRU(keras.layers.Layer):
         return tf.transpose(both, (1, 0, 2))
 
     def compute_output_shape(self, input_shape):
+        if len(input_shape) == 2:  # a table with ``index``: the steps come from the index
+            return (None, None, 2 * self.units)
         return (*input_shape[:-1], 2 * self.units)
 
     def compute_mask(self, inputs, mask=None):

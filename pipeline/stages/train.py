@@ -303,7 +303,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             distribution, lambda workers, worker: make_dataset(validation, distribute.worker_batches(val_plan, replicas, workers, worker)))
 
     state: dict[str, Any] = {"epochs_done": 0, "history": {}, "best_epoch": None, "best_value": None, "wait": 0,
-                             "seconds": 0.0, "stopped_early": False, "runs": []}
+                             "seconds": 0.0, "stopped_early": False, "runs": [],
+                             "word2vec_seconds": None if word2vec is None else round(word2vec.seconds, 3)}
     best_values = variables_dict(model.variables)
     if restored is not None:
         state, current, best_values = restored
@@ -575,6 +576,7 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
             "best_value": state["best_value"],
             "steps_per_epoch": steps_per_epoch,
             "train_seconds": round(state["seconds"], 3),
+            "word2vec_seconds": state.get("word2vec_seconds"),  # the vectors learned first (model.embedding.word2vec); null: off
             "mlflow": {
                 "run_id": run.info.run_id,
                 "previous_run_ids": state["runs"][:-1],

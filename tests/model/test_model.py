@@ -279,6 +279,38 @@ def test_inference_projects_each_distinct_word_once_and_training_every_occurrenc
     assert "Unique" not in op_types(True)
 
 
+@pytest.mark.parametrize(("buckets", "encoder"), [(1, "gru"), (4, "gru"), (1, "lstm")])
+def test_word_type_dropout_shares_one_mask_per_word_and_changes_nothing_else(buckets, encoder):
+    element = build_han(small_config(word_buckets=buckets, word_bucket_sentences=2, word_encoder=encoder), VOCAB_SIZE, NUM_CLASSES)
+    by_type = build_han(small_config(word_buckets=buckets, word_bucket_sentences=2, word_encoder=encoder,
+                                     embedding_dropout="word_type"), VOCAB_SIZE, NUM_CLASSES)
+    by_type.set_weights(element.get_weights())
+    token_ids = tf.constant(pad([DOCUMENT, LONG_DOCUMENT]))
+    # Without dropout at work the two are one function: same outputs, same gradients (sparse embedding rows).
+    for training in (False, True):
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = [model(token_ids, training=training) for model in (element, by_type)]
+            losses = [tf.reduce_sum(o["probabilities"][:, 0]) + tf.reduce_sum(o["word_weights"] ** 2) for o in outputs]
+        for key in OUTPUT_NAMES:
+            np.testing.assert_allclose(outputs[0][key].numpy(), outputs[1][key].numpy(), atol=1e-6)
+        gradients = [tape.gradient(loss, model.trainable_variables) for loss, model in zip(losses, (element, by_type), strict=True)]
+        assert isinstance(gradients[1][0], tf.IndexedSlices)
+        for a, b in zip(*gradients, strict=True):
+            np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-5)
+    if encoder == "gru":
+        graph = tf.function(lambda x: by_type(x, training=True)).get_concrete_function(token_ids).graph
+        assert "Unique" in {op.type for op in graph.get_operations()}  # the training graph projects distinct words
+
+    # With dropout, every occurrence of a word in the group shares its mask: two documents made of the
+    # same words in the same order get the same word encoder states in training; element-wise masks differ.
+    twice = tf.constant(pad([DOCUMENT, DOCUMENT]))
+    for mode, same in (("element", False), ("word_type", True)):
+        model = build_han(small_config(word_encoder=encoder, dropout=0.5, embedding_dropout=mode), VOCAB_SIZE, NUM_CLASSES)
+        states = keras.Model(model.input, model.get_layer("word_encoder").output)(twice, training=True).numpy()
+        halves = states.reshape(2, -1, *states.shape[1:])
+        assert np.allclose(halves[0], halves[1], atol=1e-6) == same
+
+
 def test_length_groups_add_the_same_word_entropy_penalty_as_one_group():
     # Each group's attention call adds its rows' share, so the sum is the mean over all sentences
     # (the empty rows SplitByLength adds count for nothing).

@@ -121,6 +121,30 @@ def test_inference_projects_each_distinct_token_once_with_the_same_outputs():
     assert np.abs(with_ids - ours(noisy, mask=mask).numpy()).max() > 1e-2
 
 
+def test_a_table_and_an_index_give_the_outputs_and_gradients_of_the_gathered_inputs():
+    # index: inputs is a table of vectors and each step reads one row; every row is projected once,
+    # in training too, and the gradients are those of the gathered inputs, summed per row.
+    rng = np.random.default_rng(4)
+    table = tf.constant(rng.normal(size=(5, 4)).astype("float32"))
+    index = rng.integers(0, 5, size=(6, 9)).astype("int32")
+    mask = index != 0
+    _, ours = twin_layers(features=4)
+    for training in (False, True):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(table)
+            from_table = ours(table, mask=mask, training=training, index=index)
+            gathered = ours(tf.gather(table, index), mask=mask, training=training)
+            weights = tf.constant(rng.normal(size=from_table.shape).astype("float32"))
+            losses = [tf.reduce_sum(weights * y) for y in (from_table, gathered)]
+        np.testing.assert_allclose(from_table.numpy(), gathered.numpy(), atol=1e-6)
+        for a, b in zip(*(tape.gradient(loss, [table, *ours.trainable_variables]) for loss in losses), strict=True):
+            np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-5)
+    graph = tf.function(lambda t, m, i: ours(t, mask=m, training=True, index=i)).get_concrete_function(table, mask, index).graph
+    # the input kernels multiply the 5 table rows, not the 54 steps
+    projections = [op for op in graph.get_operations() if op.type == "MatMul" and op.inputs[0].shape[0] == 5]
+    assert len(projections) == 2
+
+
 def test_saves_and_loads(tmp_path):
     inputs, mask = batch()
     layer_input = keras.Input((None, inputs.shape[-1]))

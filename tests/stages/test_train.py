@@ -125,6 +125,8 @@ def test_kill_9_mid_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path
         out = workspace.root / "artifacts" / "demo" / "train"
         return json.loads((out / "history.json").read_text()), _weights(out / "model.keras")
 
+    # The resumed run did not learn the vectors, but the time they took is kept from the first attempt.
+    assert json.loads((killed.root / "artifacts" / "demo" / "train" / "manifest.json").read_text())["word2vec_seconds"] > 0
     (history_a, weights_a), (history_b, weights_b) = result(whole), result(killed)
     assert history_a == history_b  # every epoch's metrics, bit for bit
     for a, b in zip(weights_a, weights_b, strict=True):
@@ -138,10 +140,13 @@ def test_kill_9_mid_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path
 
 def test_word2vec_vectors_are_learned_first_and_logged(tmp_path, monkeypatch, capsys):
     overrides = [*SMALL, "train.epochs=1", "data.demo.num_documents=300", "model.embedding.word2vec.epochs=3"]
-    make_workspace(tmp_path, overrides).activate(monkeypatch)
+    workspace = make_workspace(tmp_path, overrides)
+    workspace.activate(monkeypatch)
     assert main(["preprocess", *set_args(overrides)]) == 0
     assert main(["train", *set_args(overrides)]) == 0
     assert "word2vec: epoch 3/3" in capsys.readouterr().err
+    manifest = json.loads((workspace.root / "artifacts" / "demo" / "train" / "manifest.json").read_text())
+    assert manifest["word2vec_seconds"] > 0  # outside train_seconds (make bench reports both)
     client = mlflow.MlflowClient()
     [run] = mlflow.search_runs(experiment_names=["demo"], filter_string="tags.`han.stage` = 'train'", output_format="list")
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "word2vec_loss"), key=lambda m: m.step)]
