@@ -106,3 +106,21 @@ def make_dataset(
 
     dataset = tf.data.Dataset.range(len(batches)).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def without_autotune(dataset):
+    """``dataset`` without tf.data's autotuning thread, for datasets that ``fit`` iterates once per epoch.
+
+    Keras makes a new iterator of the training and validation data in every ``fit`` call (the
+    train stage calls it once per epoch), and destroying an iterator joins its autotuning thread
+    (``tf_data_model``). In the train stage that join held the main thread for 5-7 s after some
+    200-step fits and once ~52 s after an IMDB epoch, waiting in the iterator's destructor
+    (py-spy's native stack); without autotuning the thread is never started. These datasets
+    need no tuning: fixed prefetch, and the padding is cheap next to a training step.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.batching import EncodedSplit, pad_batch
+from pipeline.batching import EncodedSplit, pad_batch, without_autotune
 
 SHARD_GLOB = "{split}-[0-9][0-9][0-9][0-9][0-9].npz"
 
@@ -242,5 +242,5 @@ def training_dataset(stream: TrainingStream):
     # another number of batches is an error, not a silently shorter epoch).
     shares = stream.replicas // stream.workers if stream.replicas > 1 else 1
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(stream.steps * shares))
-    return dataset.prefetch(2)
+    return without_autotune(dataset.prefetch(2))  # one iterator per epoch: see without_autotune
 

@@ -241,7 +241,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     import mlflow
 
     from pipeline import distribute
-    from pipeline.batching import bucketed_batches, document_sizes, make_dataset
+    from pipeline.batching import bucketed_batches, document_sizes, make_dataset, without_autotune
     from pipeline.model import build_han, compile_han, load_pretrained_embeddings
     from pipeline.runtime import apply_runtime
     from pipeline.shards import TrainingStream, training_dataset
@@ -300,7 +300,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         val_plan = distribute.replica_batches(bucketed_batches(v_sentences * v_longest, config.evaluate.batch_size * replicas),
                                               replicas)
         val_dataset = distribute.distributed_dataset(
-            distribution, lambda workers, worker: make_dataset(validation, distribute.worker_batches(val_plan, replicas, workers, worker)))
+            distribution, lambda workers, worker: without_autotune(
+                make_dataset(validation, distribute.worker_batches(val_plan, replicas, workers, worker))))
 
     state: dict[str, Any] = {"epochs_done": 0, "history": {}, "best_epoch": None, "best_value": None, "wait": 0,
                              "seconds": 0.0, "stopped_early": False, "runs": [],

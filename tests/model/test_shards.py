@@ -134,6 +134,15 @@ def test_class_weights_follow_each_document_and_the_dataset_matches_the_stream(t
         np.testing.assert_allclose(e_weights, table[e_labels])
 
 
+def test_the_training_dataset_starts_no_autotuning_thread(tmp_path):
+    # fit makes a new iterator every epoch; destroying one joins tf.data's autotuning thread, which
+    # held the train stage for seconds at some epoch ends (pipeline.batching.without_autotune).
+    write_corpus(tmp_path, 40)
+    dataset = training_dataset(stream(tmp_path, 40))
+    assert dataset.options().autotune.enabled is False
+    assert len(list(dataset)) == len(list(stream(tmp_path, 40).batches()))
+
+
 def test_shards_that_disagree_with_the_manifest_say_to_preprocess_again(tmp_path):
     write_corpus(tmp_path, 40)
     with pytest.raises(RuntimeError, match="do not hold the 50 documents"):

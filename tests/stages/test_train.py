@@ -208,3 +208,25 @@ def test_malloc_trim_steps_hands_freed_memory_back_every_n_steps(tmp_path, monke
     assert steps >= 3
     assert len(calls) == 2 * (steps // 3)  # every third step of each epoch, counted from the epoch's start
     assert all(isinstance(released, bool) for released in calls)
+
+
+def test_fit_iterates_training_and_validation_data_without_tf_data_autotuning(tmp_path, monkeypatch):
+    # A new iterator of both every epoch; destroying one joins tf.data's autotuning thread, which held the
+    # stage for seconds at some epoch ends (pipeline.batching.without_autotune).
+    import keras
+
+    fitted = []
+    original_fit = keras.Model.fit
+
+    def fit(self, x=None, *args, validation_data=None, **kwargs):
+        fitted.append((x, validation_data))
+        return original_fit(self, x, *args, validation_data=validation_data, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    overrides = [*SMALL, "train.epochs=1", "data.demo.num_documents=200"]
+    make_workspace(tmp_path, overrides).activate(monkeypatch)
+    assert main(["preprocess", *set_args(overrides)]) == 0
+    assert main(["train", *set_args(overrides)]) == 0
+    [(training, validation)] = fitted
+    assert training.options().autotune.enabled is False
+    assert validation.options().autotune.enabled is False
