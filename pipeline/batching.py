@@ -113,10 +113,11 @@ def without_autotune(dataset):
 
     Keras makes a new iterator of the training and validation data in every ``fit`` call (the
     train stage calls it once per epoch), and destroying an iterator joins its autotuning thread
-    (``tf_data_model``). In the train stage that join held the main thread for 5-7 s after some
-    200-step fits and once ~52 s after an IMDB epoch, waiting in the iterator's destructor
-    (py-spy's native stack); without autotuning the thread is never started. These datasets
-    need no tuning: fixed prefetch, and the padding is cheap next to a training step.
+    (``tf_data_model``). That join held the main thread for 5-7 s after some 200-step fits on
+    IMDB batches, waiting in the iterator's destructor (py-spy's native stack); it may also be
+    the ~52 s once seen outside the batches of an IMDB epoch (not shown). Without autotuning the
+    thread is never started. These datasets need no tuning: fixed prefetch, and the padding is
+    cheap next to a training step.
     """
     import tensorflow as tf
 

@@ -37,6 +37,7 @@ OPTIONS = {
     "hard_gumbel": {"sentence_attention": {"mode": "hard", "hard_training": "gumbel", "gumbel_temperature": 0.5}},
     "local": {"word_attention": {"mode": "local", "local_window": 1}, "sentence_attention": {"mode": "local"}},
     "multi_head": {"word_attention": {"heads": 2}, "sentence_attention": {"heads": 3}},
+    "word_type_dropout": {"embedding_dropout": "word_type", "word_buckets": 2, "word_bucket_sentences": 2},
 }
 
 

@@ -42,6 +42,9 @@ VARIANTS = {
     "pretrained_frozen": {"embedding": {"dim": 4, "pretrained_path": "vectors.txt", "trainable": False}},
     # SplitByLength, MergeBuckets (both kinds), RowCount and the penalty_rows call argument.
     "length_groups_entropy": {"word_buckets": 3, "word_bucket_sentences": 2, "word_attention": {"entropy_penalty": 0.1}},
+    # DistinctWords and the BiGRU's index call argument; TakeRows for the LSTM.
+    "word_type_dropout": {"embedding_dropout": "word_type", "word_buckets": 2, "word_bucket_sentences": 2},
+    "word_type_dropout_lstm": {"embedding_dropout": "word_type", "word_encoder": "lstm"},
 }
 
 LOAD_AND_PREDICT = textwrap.dedent(
