@@ -94,26 +94,22 @@ class BiGRU(keras.layers.Layer):
 
         # Time-major; each direction's inputs through its input kernel in one matmul, outside the loops.
         step_mask = tf.transpose(mask, (1, 0))[..., None]  # (steps, rows, 1)
-        if index is not None:
-            # A table of input vectors: each row through the kernels once, gathered to the steps.
-            step_index = tf.transpose(index, (1, 0))
-
-            def project(kernel, bias):
-                return tf.gather(tf.matmul(inputs, kernel) + bias, step_index)
+        # The vectors to project (``table``) and, when they are not the steps themselves, the row
+        # of ``table`` each time-major step reads (``rows_of_steps``): each row projected once.
+        if index is not None:  # a table of input vectors
+            table, rows_of_steps = inputs, tf.transpose(index, (1, 0))
         elif token_ids is not None and not training:
-            # Each distinct id's vector (at its first time-major step) through the kernels once, then
-            # gathered to every step; only those vectors are read, so the inputs are not transposed.
-            distinct, index = tf.unique(tf.reshape(tf.transpose(token_ids, (1, 0)), (-1,)))
-            first = tf.math.unsorted_segment_min(tf.range(tf.size(index)), index, tf.size(distinct))
-            vectors = tf.gather(tf.reshape(inputs, (-1, shape[2])), (first % rows) * steps + first // rows)
-
-            def project(kernel, bias):
-                return tf.gather(tf.matmul(vectors, kernel) + bias, index)
+            # Each distinct id's vector, read at its first time-major step (no transpose of the inputs).
+            distinct, rows_of_steps = tf.unique(tf.reshape(tf.transpose(token_ids, (1, 0)), (-1,)))
+            first = tf.math.unsorted_segment_min(tf.range(tf.size(rows_of_steps)), rows_of_steps, tf.size(distinct))
+            table = tf.gather(tf.reshape(inputs, (-1, shape[2])), (first % rows) * steps + first // rows)
         else:
-            flat = tf.reshape(tf.transpose(inputs, (1, 0, 2)), (-1, shape[2]))
+            table, rows_of_steps = tf.reshape(tf.transpose(inputs, (1, 0, 2)), (-1, shape[2])), None
 
-            def project(kernel, bias):
-                return tf.matmul(flat, kernel) + bias
+        def project(kernel, bias):
+            projected = tf.matmul(table, kernel) + bias
+            return projected if rows_of_steps is None else tf.gather(projected, rows_of_steps)
+
         states = [
             gru_steps(tf.reshape(project(kernel, bias[0]), (steps, rows, 3 * units)), step_mask,
                       tf.convert_to_tensor(recurrent_kernel), bias[1], reverse=reverse)
