@@ -116,8 +116,9 @@ def without_autotune(dataset):
     (``tf_data_model``). That join held the main thread for 5-7 s after some 200-step fits on
     IMDB batches, waiting in the iterator's destructor (py-spy's native stack); it may also be
     the ~52 s once seen outside the batches of an IMDB epoch (not shown). Without autotuning the
-    thread is never started. These datasets need no tuning: fixed prefetch, and the padding is
-    cheap next to a training step.
+    thread is never started. These datasets need no tuning: padding a batch is cheap next to a
+    training step (timed inside the train stage on IMDB: 0.4-0.6 s between the 704 steps of an
+    epoch, README "The comparison").
     """
     import tensorflow as tf
 
