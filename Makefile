@@ -10,13 +10,15 @@ SET ?=
 PORT ?= 5000
 TEST_WORKERS ?= 2
 DATASETS ?= bbc,imdb
+GRID ?=
+SEEDS ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve dag-test test test-slow bench bench-quick bench-memory bench-groups lint ui clean
+.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-groups lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -55,6 +57,9 @@ predict: $(STAMP) ## classify TEXT="..." with the trained model of CONFIG
 
 serve: $(STAMP) ## serve models:/han-classifier@champion over REST on 127.0.0.1 (SET="serve.port=8080")
 	$(PY) -m pipeline serve $(STAGE_ARGS)
+
+sweep: $(STAMP) ## train every combination of GRID="train.learning_rate=0.001,0.002 model.dropout=0.1,0.3" (SEEDS=42,1), ranked on validation
+	$(PY) -m pipeline sweep $(STAGE_ARGS) $(foreach g,$(GRID),--grid $(g)) $(if $(SEEDS),--seeds $(SEEDS))
 
 dag-test: $(STAMP) ## run the Airflow retraining DAG once (airflow dags test, temporary AIRFLOW_HOME)
 	$(PY) -m pipeline.dagtest $(STAGE_ARGS)

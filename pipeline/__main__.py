@@ -37,6 +37,7 @@ EPILOG = textwrap.dedent(
       python -m pipeline predict --explain "Some text. Several sentences."
       python -m pipeline predict --file doc.txt --model models:/han-classifier@champion
       python -m pipeline serve --set serve.port=8080
+      python -m pipeline sweep --config configs/bbc.yaml --grid model.dropout=0.2,0.3 --seeds 42,1
     """
 )
 
@@ -49,6 +50,8 @@ STAGE_HELP = {
     "run": "the whole pipeline: preprocess -> train -> evaluate -> promote -> explain",
     "predict": "classify raw text (with --explain: show the sentences the model attended to)",
     "serve": "serve the champion over REST (MLflow scoring app, uvicorn) on 127.0.0.1 (serve.port, default 5001)",
+    "sweep": "train every combination of --grid values (once per --seeds seed), rank them on the validation split, "
+             "log to MLflow",
 }
 
 def cmd_preprocess(config: PipelineConfig, args: argparse.Namespace) -> int:
@@ -138,6 +141,19 @@ def cmd_predict(config: PipelineConfig, args: argparse.Namespace) -> int:
     return 0 if all(result.get("error") is None for result in results) else 2
 
 
+def cmd_sweep(config: PipelineConfig, args: argparse.Namespace) -> int:
+    from pipeline import sweep
+    from pipeline.tracking import run_url
+
+    result = sweep.run(args.config, args.overrides, args.grid, args.seeds, args.metric)
+    print(sweep.markdown(result, args.config), end="")
+    best = result.points[0]
+    print(f"sweep: best {' '.join(best['settings'])} ({result.metric} {best['mean']:.4f}); results in {result.output_dir}")
+    print(f"sweep: to train it: {sweep.train_command(args.config, args.overrides, best['settings'])}")
+    print(f"sweep: MLflow run {result.run.info.run_id}; with `make ui` at {run_url(result.run)}")
+    return 0
+
+
 def cmd_run(config: PipelineConfig, args: argparse.Namespace) -> int:
     """preprocess -> train -> evaluate -> promote -> explain, nested under one MLflow pipeline run."""
     from pipeline.tracking import pipeline_run, run_url
@@ -165,6 +181,7 @@ COMMANDS: dict[str, Callable[[PipelineConfig, argparse.Namespace], int]] = {
     "run": cmd_run,
     "predict": cmd_predict,
     "serve": cmd_serve,
+    "sweep": cmd_sweep,
 }
 
 
@@ -196,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--model", metavar="URI",
                                help="an MLflow model URI, e.g. models:/han-classifier@champion "
                                     "(default: the model of the last train stage of --config)")
+        if name == "sweep":
+            stage.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
+                               help="a model.* or train.* key and the values to try, comma-separated (repeatable: "
+                                    "every combination is trained), e.g. --grid train.learning_rate=0.001,0.002")
+            stage.add_argument("--seeds", metavar="S1,S2",
+                               help="train each combination once per seed and rank by the mean (default: the config's seed)")
+            stage.add_argument("--metric", choices=("val_loss", "val_accuracy"),
+                               help="the validation metric to rank by, read at each trial's best epoch "
+                                    "(default: train.early_stopping.monitor)")
         if name == "serve":
             stage.add_argument("--print-command", action="store_true",
                                help="print the server command line (uvicorn) instead of running it")

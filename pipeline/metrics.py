@@ -289,6 +289,27 @@ def _plot_curve_panel(ax, history: dict[str, list[float]], metric: str, best_epo
     ax.set_title(metric)
 
 
+def plot_sweep(points: list[dict[str, Any]], metric: str, path: Path, higher_is_better: bool) -> None:
+    """A sweep's points (``pipeline.sweep.rank``), best first: each trial a dot, the mean over seeds a bar."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(points) + 2), 4.5))
+    means = [p["mean"] if p["mean"] is not None else float("nan") for p in points]
+    ax.bar(range(len(points)), means, color="tab:blue", alpha=0.35, label="mean over seeds")
+    for x, p in enumerate(points):
+        ax.scatter([x] * len(p["values"]), p["values"], color="tab:blue", s=18, zorder=3)
+    ax.set_xticks(range(len(points)), ["\n".join(p["settings"]) for p in points], fontsize=7)
+    values = [v for p in points for v in p["values"]]
+    if values:
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.25 or abs(high) * 0.05 or 0.05
+        ax.set_ylim(low - pad, high + pad)
+    ax.set_ylabel(metric)
+    ax.set_title(f"sweep: {metric} at each trial's best epoch ({'higher' if higher_is_better else 'lower'} is better)")
+    ax.legend()
+    fig.tight_layout()
+    _save(plt, fig, Path(path))
+
+
 # --------------------------------------------------------------------------- baseline
 def tfidf_baseline(train_texts: list[str], train_labels: np.ndarray, test_texts: list[str], num_classes: int, *,
                    max_features: int, ngram_max: int, C: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:

@@ -143,8 +143,10 @@ def _use_experiment(mlflow, name: str, uri: str) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(config: PipelineConfig, stage: str, extra_tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """Open an MLflow run for one stage, nested when a pipeline run is already active.
+def stage_run(config: PipelineConfig, stage: str, extra_tags: Mapping[str, str] | None = None,
+              run_name: str | None = None) -> Iterator[Any]:
+    """Open an MLflow run for one stage (named ``run_name``, default the stage), nested when a
+    pipeline or sweep run is already active.
 
     Every config value is logged as a param, so a run can be reproduced from the UI alone.
     """
@@ -154,7 +156,7 @@ def stage_run(config: PipelineConfig, stage: str, extra_tags: Mapping[str, str] 
         _use_experiment(mlflow, config.tracking.experiment or config.name, tracking_uri())
         close_orphaned_runs(mlflow, mlflow.get_experiment_by_name(config.tracking.experiment or config.name).experiment_id)
     tags = {"han.stage": stage, "han.pipeline": config.name, **_process_tags(), **(extra_tags or {})}
-    with mlflow.start_run(run_name=stage, nested=parent is not None, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name or stage, nested=parent is not None, tags=tags) as run:
         mlflow.log_params(flatten(config.to_dict()))
         yield run
 

@@ -54,6 +54,21 @@ class TrainError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Trial:
+    """Where a sweep trial (``pipeline.sweep``) trains instead of the stage's own folders.
+
+    Its outputs (``history.json``, ``training_curves.png``, ``manifest.json``; no model file, no
+    bundle) go to ``output_dir``, its checkpoints beside it, and its MLflow run, named
+    ``run_name`` and tagged ``tags``, logs no model and registers nothing: a sweep compares
+    settings, and the chosen ones are trained again by the train stage (the same result on a CPU).
+    """
+
+    output_dir: Path
+    run_name: str
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
 class TrainResult:
     output_dir: Path
     manifest: dict[str, Any]
@@ -191,15 +206,18 @@ def assign_variables(variables, values: dict[str, np.ndarray]) -> None:
 
 
 # --------------------------------------------------------------------------- the stage
-def run(config: PipelineConfig, force: bool = False) -> TrainResult:
-    """Train (or resume, or skip when nothing changed) and return where the outputs are."""
+def run(config: PipelineConfig, force: bool = False, trial: Trial | None = None) -> TrainResult:
+    """Train (or resume, or skip when nothing changed) and return where the outputs are.
+
+    ``trial``: train as one trial of a sweep (``Trial``), always anew.
+    """
     from pipeline.shards import load_split, shard_paths
 
     prep_dir, prep_manifest = preprocess_outputs(config)
-    out_dir = config.stage_dir("train")
+    out_dir = config.stage_dir("train") if trial is None else trial.output_dir
     key = fingerprint(config, prep_manifest)
     previous = read_manifest(out_dir)
-    if not force and previous and previous.get("fingerprint") == key and outputs_intact(out_dir, previous):
+    if not force and trial is None and previous and previous.get("fingerprint") == key and outputs_intact(out_dir, previous):
         _log(f"data and settings unchanged since {previous.get('created')}; nothing to do ({out_dir}; "
              f"MLflow run {previous.get('mlflow', {}).get('run_id')}). Use --force to train again.")
         return TrainResult(out_dir, previous, skipped=True)
@@ -214,7 +232,7 @@ def run(config: PipelineConfig, force: bool = False) -> TrainResult:
     validation = load_split(prep_dir, "validation")
     if train.documents == 0:
         raise TrainError(f"the training split in {prep_dir} is empty; check preprocess.split")
-    return _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation)
+    return _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation, trial)
 
 
 @dataclass(frozen=True)
@@ -235,7 +253,7 @@ def _setup_determinism(config: PipelineConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation) -> TrainResult:
+def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation, trial) -> TrainResult:
     import contextlib
 
     import mlflow
@@ -265,7 +283,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         embedding_matrix, coverage = load_pretrained_embeddings(
             config.model.embedding.pretrained_path, vocab_tokens, config.model.embedding.dim, seed=config.seed)
         _log(f"pretrained embeddings cover {coverage:.1%} of the vocabulary")
-    checkpoints = Checkpoints(config.artifacts_dir() / "train.resume", key)
+    checkpoints = Checkpoints(config.artifacts_dir() / "train.resume" if trial is None
+                              else trial.output_dir.with_name(trial.output_dir.name + ".resume"), key)
     restored = checkpoints.load() if settings.resume else None
     word2vec = None
     if config.model.embedding.word2vec.epochs and restored is None:  # a resumed run restores its embeddings
@@ -320,11 +339,13 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     if chief:
         _close_dead_attempts(state["runs"])
     mode_max = monitor.endswith("accuracy")
-    tags = {"han.fingerprint": key, "han.preprocess_fingerprint": str(prep_manifest.get("fingerprint"))}
+    tags = {"han.fingerprint": key, "han.preprocess_fingerprint": str(prep_manifest.get("fingerprint")),
+            **(trial.tags if trial else {})}
     if state["runs"]:
         tags["han.resumed_from"] = state["runs"][-1]
     # Only the chief logs to MLflow and writes checkpoints and outputs; the other workers train alongside.
-    with stage_run(config, "train", tags) if chief else contextlib.nullcontext() as run:
+    run_name = "train" if trial is None else trial.run_name
+    with stage_run(config, "train", tags, run_name=run_name) if chief else contextlib.nullcontext() as run:
         if chief:
             state["runs"].append(run.info.run_id)
             # A resumed run re-logs the epochs it inherited, so its curves are whole.
@@ -393,7 +414,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                  "the chief writes the outputs and logs to MLflow")
             return TrainResult(out_dir, {}, skipped=False, chief=False)
         result = _write_outputs(config, key, prep_dir, out_dir, saved_model(model, config.model, len(vocab_tokens), len(labels)),
-                                labels, state, monitor, run, steps_per_epoch)
+                                labels, state, monitor, run, steps_per_epoch, log_model=trial is None)
     checkpoints.clear()
     _log(f"best epoch {state['best_epoch']} of {state['epochs_done']} ({monitor} {state['best_value']:.4f}); "
          f"{state['seconds']:.1f}s of training; outputs in {out_dir}")
@@ -527,42 +548,29 @@ def _memory_trim(every: int | None) -> list:
     return [Callback()]
 
 
-def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch) -> TrainResult:
+def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch,
+                   log_model: bool = True) -> TrainResult:
+    """The stage's outputs and MLflow artifacts; without ``log_model`` (a sweep trial) no model file,
+    bundle, MLflow model or registered version."""
     import mlflow
 
     from pipeline.metrics import plot_training_curves
-    from pipeline.serving import log_raw_text_model, write_bundle
+    from pipeline.serving import write_bundle
 
     with atomic_directory(out_dir) as staging:
-        model.save(staging / "model.keras")
+        if log_model:
+            model.save(staging / "model.keras")
         write_json(staging / "history.json", {"history": state["history"], "best_epoch": state["best_epoch"],
                                              "monitor": monitor, "best_value": state["best_value"],
                                              "stopped_early": state["stopped_early"]})
         plot_training_curves(state["history"], staging / "training_curves.png", best_epoch=state["best_epoch"])
-        write_bundle(staging / "bundle", staging / "model.keras", prep_dir)
+        if log_model:
+            write_bundle(staging / "bundle", staging / "model.keras", prep_dir)
         mlflow.log_artifact(str(staging / "history.json"), "train")
         mlflow.log_artifact(str(staging / "training_curves.png"), "train")
         mlflow.log_metrics({"best_epoch": float(state["best_epoch"]), f"best_{monitor}": float(state["best_value"]),
                             "epochs_run": float(state["epochs_done"]), "train_seconds": float(state["seconds"])})
-        _log_keras_model(model)
-        earlier = _version_of_earlier_attempt(config.tracking.registered_model, state["runs"][:-1])
-        if earlier is not None:
-            # An earlier attempt of this same training registered the model, then died before its
-            # outputs were in place: reuse that version rather than register a duplicate.
-            _log(f"version {earlier.version} of {config.tracking.registered_model} was registered by an earlier "
-                 f"attempt (run {earlier.run_id}); reusing it")
-            model_uri, version = earlier.source, str(earlier.version)
-            mlflow.set_tag("han.model_version_reused", version)
-        else:
-            info = log_raw_text_model(staging / "bundle", name="model",
-                                      registered_model_name=config.tracking.registered_model,
-                                      example_texts=_example_texts(prep_dir))
-            model_uri, version = info.model_uri, getattr(info, "registered_model_version", None)
-        if version is not None and earlier is None:
-            client = mlflow.MlflowClient()
-            for tag, value in {"han.pipeline": config.name, "han.train_run_id": run.info.run_id,
-                               "han.fingerprint": key}.items():
-                client.set_model_version_tag(config.tracking.registered_model, str(version), tag, value)
+        model_uri, version = _log_model(config, key, prep_dir, staging, model, state, run) if log_model else (None, None)
         manifest = {
             "stage": "train",
             "stage_version": STAGE_VERSION,
@@ -582,7 +590,7 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
                 "run_id": run.info.run_id,
                 "previous_run_ids": state["runs"][:-1],
                 "model_uri": model_uri,
-                "registered_model": config.tracking.registered_model,
+                "registered_model": config.tracking.registered_model if log_model else None,
                 "registered_version": None if version is None else str(version),
             },
             "outputs": {},
@@ -591,6 +599,31 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
         write_json(staging / MANIFEST, manifest)
         mlflow.log_artifact(str(staging / MANIFEST), "train")
     return TrainResult(out_dir, manifest, skipped=False)
+
+
+def _log_model(config, key, prep_dir, staging, model, state, run) -> tuple[str, str | None]:
+    """Log the Keras model and the raw-text model to the run, register the latter; its URI and version."""
+    import mlflow
+
+    from pipeline.serving import log_raw_text_model
+
+    _log_keras_model(model)
+    earlier = _version_of_earlier_attempt(config.tracking.registered_model, state["runs"][:-1])
+    if earlier is not None:
+        # An earlier attempt of this same training registered the model, then died before its
+        # outputs were in place: reuse that version rather than register a duplicate.
+        _log(f"version {earlier.version} of {config.tracking.registered_model} was registered by an earlier "
+             f"attempt (run {earlier.run_id}); reusing it")
+        mlflow.set_tag("han.model_version_reused", str(earlier.version))
+        return earlier.source, str(earlier.version)
+    info = log_raw_text_model(staging / "bundle", name="model", registered_model_name=config.tracking.registered_model,
+                              example_texts=_example_texts(prep_dir))
+    model_uri, version = info.model_uri, getattr(info, "registered_model_version", None)
+    if version is not None:
+        client = mlflow.MlflowClient()
+        for tag, value in {"han.pipeline": config.name, "han.train_run_id": run.info.run_id, "han.fingerprint": key}.items():
+            client.set_model_version_tag(config.tracking.registered_model, str(version), tag, value)
+    return model_uri, version
 
 
 def _log_keras_model(model) -> None:

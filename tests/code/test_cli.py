@@ -17,7 +17,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_help_lists_every_stage():
     result = run_cli("--help")
     assert result.returncode == 0
-    for stage in ("preprocess", "train", "evaluate", "promote", "explain", "run", "predict", "serve"):
+    for stage in ("preprocess", "train", "evaluate", "promote", "explain", "run", "predict", "serve", "sweep"):
         assert stage in result.stdout
     assert "HAN_DATA_DIR" in result.stdout
 
@@ -89,9 +89,18 @@ def test_make_passes_config_and_every_set_value():
     assert "-m pipeline preprocess --config configs/bbc.yaml --set seed=7 --set preprocess.vocab.min_count=3" in result.stdout
 
 
+def test_make_sweep_passes_each_grid_axis_and_the_seeds():
+    result = subprocess.run(["make", "-n", "-W", "requirements.txt", "sweep", "CONFIG=configs/bbc.yaml",
+                             "GRID=train.learning_rate=0.001,0.002 model.dropout=0.1,0.3", "SEEDS=42,1"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert ("-m pipeline sweep --config configs/bbc.yaml  --grid train.learning_rate=0.001,0.002 "
+            "--grid model.dropout=0.1,0.3 --seeds 42,1") in result.stdout
+
+
 def test_make_help_lists_every_target():
     result = subprocess.run(["make", "help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    for target in ("install", "pipeline", "preprocess", "train", "evaluate", "promote", "explain", "serve", "dag-test",
+    for target in ("install", "pipeline", "preprocess", "train", "evaluate", "promote", "explain", "serve", "sweep", "dag-test",
                    "test", "bench", "lint", "ui", "clean"):
         assert f"  {target} " in result.stdout, target

@@ -1,0 +1,112 @@
+"""``python -m pipeline sweep``: a grid of real train stages, ranked on validation, logged to MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from pipeline import sweep
+from pipeline.__main__ import main
+from pipeline.config import ConfigError
+from tests.stages.conftest import SMALL, make_workspace, set_args
+
+# Two epochs: enough for the learning rates to give different validation losses, quick on 2 cores.
+TINY = [*SMALL, "data.demo.num_documents=400", "train.epochs=2"]
+
+
+def test_grid_values_split_on_top_level_commas_only():
+    assert sweep.split_values("0.1, 0.2,0.3") == ["0.1", "0.2", "0.3"]
+    assert sweep.split_values("[1, 2],[3]") == ["[1, 2]", "[3]"]
+    assert sweep.split_values("{score: dot, heads: 2},'a,b'") == ["{score: dot, heads: 2}", "'a,b'"]
+    axes = sweep.parse_grid(["train.learning_rate=0.001,0.002", "model.dropout=0.1"])
+    assert [(a.key, a.values) for a in axes] == [("train.learning_rate", ("0.001", "0.002")), ("model.dropout", ("0.1",))]
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    ([], "at least one --grid"),
+    (["preprocess.vocab.min_count=1,2"], "model.* and train.* keys only"),
+    (["runtime.intra_op_threads=1,2"], "model.* and train.* keys only"),
+    (["seed=1,2"], "--seeds"),
+    (["train.learning_rate=0.001,,0.002"], "an empty value"),
+    (["train.learning_rate=0.001,0.001"], "repeated"),
+    (["model.dropout=0.1", "model.dropout=0.2"], "already swept"),
+    (["train.learning rate=0.1"], "expected key.path=value"),
+])
+def test_grids_a_sweep_cannot_run_are_refused_with_the_reason(grid, message):
+    with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace(".", r"\.")):
+        sweep.parse_grid(grid)
+
+
+def test_seeds_are_whole_numbers_and_default_to_the_configs():
+    assert sweep.parse_seeds("42, 1,2", default=7) == [42, 1, 2]
+    assert sweep.parse_seeds(None, default=7) == [7]
+    with pytest.raises(ConfigError, match="whole numbers"):
+        sweep.parse_seeds("42,one", default=7)
+
+
+def test_points_are_ranked_by_their_mean_with_ties_to_the_lower_loss():
+    trials = [sweep.Trial(1, 0, 42, ("a=1",), value=0.90, val_loss=0.30), sweep.Trial(2, 0, 1, ("a=1",), value=0.94, val_loss=0.20),
+              sweep.Trial(3, 1, 42, ("a=2",), value=0.92, val_loss=0.10), sweep.Trial(4, 1, 1, ("a=2",), value=0.92, val_loss=0.12),
+              sweep.Trial(5, 2, 42, ("a=3",), value=0.95, val_loss=0.40), sweep.Trial(6, 2, 1, ("a=3",), value=0.80, val_loss=0.50)]
+    ranked = sweep.rank([("a=1",), ("a=2",), ("a=3",)], trials, "val_accuracy")
+    assert [p["settings"] for p in ranked] == [["a=2"], ["a=1"], ["a=3"]]  # 0.92 (loss 0.11) ties 0.92 (0.25); 0.875
+    assert ranked[0]["mean"] == pytest.approx(0.92) and ranked[1]["stdev"] == pytest.approx(0.0283, abs=1e-4)
+    losses = [sweep.Trial(t.index, t.point, t.seed, t.overrides, value=t.val_loss, val_loss=t.val_loss) for t in trials]
+    ranked = sweep.rank([("a=1",), ("a=2",), ("a=3",)], losses, "val_loss")
+    assert [p["settings"] for p in ranked] == [["a=2"], ["a=1"], ["a=3"]]  # lower is better: 0.11, 0.25, 0.45
+
+
+def test_an_invalid_value_is_reported_with_its_point_before_anything_trains(tmp_path, monkeypatch, capsys):
+    workspace = make_workspace(tmp_path, TINY)
+    workspace.activate(monkeypatch)
+    assert main(["preprocess", *set_args(TINY)]) == 0
+    assert main(["sweep", *set_args(TINY), "--grid", "model.dropout=0.2,1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep point model.dropout=1.5" in err and "model.dropout" in err
+    assert not (workspace.config.artifacts_dir() / "sweep").exists()
+
+
+def test_sweep_trains_every_point_per_seed_ranks_on_validation_and_its_winner_retrains_the_same(
+        tmp_path, monkeypatch, capsys):
+    workspace = make_workspace(tmp_path, TINY)
+    workspace.activate(monkeypatch)
+    assert main(["preprocess", *set_args(TINY)]) == 0
+    assert main(["sweep", *set_args(TINY), "--grid", "train.learning_rate=0.002,0.01", "--seeds", "42,1"]) == 0
+    out = capsys.readouterr().out
+    (folder,) = (workspace.config.artifacts_dir() / "sweep").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    trials = results["trials"]
+    assert [(t["overrides"], t["seed"]) for t in trials] == [
+        (["train.learning_rate=0.002"], 42), (["train.learning_rate=0.002"], 1),
+        (["train.learning_rate=0.01"], 42), (["train.learning_rate=0.01"], 1)]
+    for trial in trials:  # each trial is a real training: its ranked value is its history's at its best epoch
+        history = json.loads((folder / f"trial-{trial['index']:03d}" / "history.json").read_text())
+        assert trial["value"] == history["history"]["val_loss"][trial["best_epoch"] - 1] == min(history["history"]["val_loss"])
+        assert not (folder / f"trial-{trial['index']:03d}" / "model.keras").exists()
+    means = {p["settings"][0]: p["mean"] for p in results["points"]}
+    assert means["train.learning_rate=0.002"] == pytest.approx((trials[0]["value"] + trials[1]["value"]) / 2)
+    assert results["points"][0]["mean"] == min(means.values())  # val_loss (the demo's monitor): lower is better
+    assert len({round(v, 6) for v in means.values()}) == 2  # the learning rates made a difference
+    best = results["points"][0]["settings"]
+    assert "sweep: to train it: python -m pipeline train --config" in out and f"--set {best[0]}" in out
+    assert (folder / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # MLflow: one sweep run, the four trials nested under it, no model logged or registered by them.
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("han.stage") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_id for r in children) == sorted(t["run_id"] for t in trials)
+    assert {r.data.tags["han.sweep.seed"] for r in children} == {"42", "1"}
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(results["points"][0]["mean"])
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} == {
+        "sweep/results.json", "sweep/results.md", "sweep/sweep.png"}
+    assert client.search_model_versions() == []
+
+    # The second point's seed-42 trial ran third in the sweep's process; the train stage reproduces it.
+    assert main(["train", *set_args([*TINY, "train.learning_rate=0.01"])]) == 0
+    retrained = json.loads((workspace.config.stage_dir("train") / "history.json").read_text())["history"]
+    trial = json.loads((folder / "trial-003" / "history.json").read_text())["history"]
+    assert retrained["val_loss"] == trial["val_loss"] and retrained["loss"] == trial["loss"]
