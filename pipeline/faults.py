@@ -19,6 +19,7 @@ POINTS = {
     "commit:staged": "a stage's staging folder is complete, not yet renamed into place",
     "commit:retired": "the previous outputs are moved aside, the new ones not yet in place",
     "train:checkpointed": "an epoch's checkpoint is committed, the next epoch not started",
+    "sweep:trial_recorded": "a sweep trial's result is in results.json, the next trial not started",
     "promote:tagged": "the verdict is tagged on the model version, no alias has moved",
     "promote:challenger": "the challenger alias has moved, the champion alias not yet",
 }

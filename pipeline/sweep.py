@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import faults
 from pipeline.artifacts import read_json, write_json
 from pipeline.config import ConfigError, PipelineConfig, load_config, parse_override
 
@@ -239,6 +240,9 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
                 tags={"han.sweep.run_id": parent.info.run_id, "han.sweep.point": settings,
                       "han.sweep.seed": str(trial.seed)}))
             _record(trial, trained, metric)
+            result.points = rank(points, trials, metric)
+            _write_results(result, out_dir, config_name, overrides, axes)
+            faults.point("sweep:trial_recorded")
             mlflow.log_metric(metric, trial.value, step=trial.index)
             done = [t for t in trials if t.value is not None]
             best = (max if _better(metric) else min)(done, key=lambda t: t.value)
@@ -246,12 +250,6 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
             _log(f"trial {trial.index}/{len(trials)}: {metric} {trial.value:.4f} at epoch {trial.best_epoch} "
                  f"({trial.seconds:.1f}s of training); best trial so far {best.index} ({best.value:.4f}); "
                  f"about {elapsed / len(done) * (len(trials) - len(done)) / 60:.1f} min left")
-        result.points = rank(points, trials, metric)
-        write_json(out_dir / "results.json", {
-            "config": config_name, "overrides": list(overrides), "grid": [{"key": a.key, "values": list(a.values)} for a in axes],
-            "seeds": seeds, "metric": metric, "mlflow_run_id": parent.info.run_id,
-            "points": result.points, "trials": [vars(t) | {"overrides": list(t.overrides)} for t in trials]})
-        (out_dir / "results.md").write_text(markdown(result, config_name), encoding="utf-8")
         plot_sweep(result.points, metric, out_dir / "sweep.png", higher_is_better=_better(metric))
         for name in ("results.json", "results.md", "sweep.png"):
             mlflow.log_artifact(str(out_dir / name), "sweep")
@@ -259,6 +257,17 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
         mlflow.log_metric(f"best_{metric}", best["mean"])
         mlflow.set_tag("han.sweep.best", " ".join(best["settings"]))
     return result
+
+
+def _write_results(result: SweepResult, out_dir: Path, config_name: str, overrides: Sequence[str], axes: list[Axis]) -> None:
+    """``results.json`` and ``results.md`` as they stand: rewritten after every trial, so a sweep that
+    fails or is interrupted keeps what its finished trials measured (unfinished ones have no value)."""
+    write_json(out_dir / "results.json", {
+        "config": config_name, "overrides": list(overrides), "grid": [{"key": a.key, "values": list(a.values)} for a in axes],
+        "seeds": result.seeds, "metric": result.metric, "mlflow_run_id": result.run.info.run_id,
+        "finished_trials": sum(t.value is not None for t in result.trials),
+        "points": result.points, "trials": [vars(t) | {"overrides": list(t.overrides)} for t in result.trials]})
+    (out_dir / "results.md").write_text(markdown(result, config_name), encoding="utf-8")
 
 
 def _record(trial: Trial, trained, metric: str) -> None:

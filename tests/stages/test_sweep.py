@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import mlflow
 import pytest
 
 from pipeline import sweep
 from pipeline.__main__ import main
-from pipeline.config import ConfigError
+from pipeline.config import PROJECT_ROOT, ConfigError
 from tests.stages.conftest import SMALL, make_workspace, set_args
 
 # Two epochs: enough for the learning rates to give different validation losses, quick on 2 cores.
@@ -110,3 +113,18 @@ def test_sweep_trains_every_point_per_seed_ranks_on_validation_and_its_winner_re
     retrained = json.loads((workspace.config.stage_dir("train") / "history.json").read_text())["history"]
     trial = json.loads((folder / "trial-003" / "history.json").read_text())["history"]
     assert retrained["val_loss"] == trial["val_loss"] and retrained["loss"] == trial["loss"]
+
+
+def test_a_sweep_killed_after_a_trial_keeps_that_trials_result(tmp_path, monkeypatch):
+    workspace = make_workspace(tmp_path, TINY)
+    workspace.activate(monkeypatch)
+    assert main(["preprocess", *set_args(TINY)]) == 0
+    killed = subprocess.run([sys.executable, "-m", "pipeline", "sweep", *set_args(TINY), "--grid", "model.dropout=0.1,0.2"],
+                            cwd=PROJECT_ROOT, env={**os.environ, **workspace.env, "HAN_KILL_AT": "sweep:trial_recorded"},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    (folder,) = (workspace.config.artifacts_dir() / "sweep").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    assert results["finished_trials"] == 1
+    assert results["trials"][0]["value"] is not None and results["trials"][1]["value"] is None
+    assert "model.dropout=0.1" in (folder / "results.md").read_text()
