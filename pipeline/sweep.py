@@ -231,6 +231,7 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
         mlflow.log_params({"sweep.grid": " | ".join(grid), "sweep.seeds": ",".join(map(str, seeds)),
                            "sweep.metric": metric, "sweep.trials": len(trials)})
         started = time.perf_counter()
+        word2vec: dict[str, Any] = {}  # vectors learned by a trial, for the trials with the same seed (train.Trial)
         for trial in trials:
             settings = " ".join(trial.overrides)
             _log(f"trial {trial.index}/{len(trials)}: {settings} seed {trial.seed}")
@@ -238,7 +239,7 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
             trained = train.run(configs[trial.index], force=True, trial=train.Trial(
                 out_dir / f"trial-{trial.index:03d}", run_name=f"trial-{trial.index} {settings} seed {trial.seed}",
                 tags={"han.sweep.run_id": parent.info.run_id, "han.sweep.point": settings,
-                      "han.sweep.seed": str(trial.seed)}))
+                      "han.sweep.seed": str(trial.seed)}, word2vec=word2vec))
             _record(trial, trained, metric)
             result.points = rank(points, trials, metric)
             _write_results(result, out_dir, config_name, overrides, axes)

@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,10 @@ class Trial:
     output_dir: Path
     run_name: str
     tags: dict[str, str]
+    # Word vectors learned by earlier trials of the sweep, by what they were learned from (``_word2vec_key``):
+    # a trial with the same data, embedding settings and seed reuses them instead of learning them again
+    # (the same vectors: word2vec is deterministic from its seed).
+    word2vec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,14 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     restored = checkpoints.load() if settings.resume else None
     word2vec = None
     if config.model.embedding.word2vec.epochs and restored is None:  # a resumed run restores its embeddings
-        embedding_matrix, word2vec = _learn_word2vec(config, train.paths, vocab_tokens)
+        learned = _word2vec_key(config, prep_manifest)
+        if trial is not None and learned in trial.word2vec:
+            embedding_matrix, word2vec = trial.word2vec[learned]
+            _log("word2vec: the vectors an earlier trial learned from the same data, settings and seed (not learned again)")
+        else:
+            embedding_matrix, word2vec = _learn_word2vec(config, train.paths, vocab_tokens)
+            if trial is not None:
+                trial.word2vec[learned] = (embedding_matrix, word2vec)
     replicas = distribution.replicas
     global_batch = settings.batch_size * replicas
     rate = settings.learning_rate * (replicas if settings.distribute.scale_learning_rate else 1)
@@ -443,6 +454,12 @@ def saved_model(trained, model: ModelConfig, vocab_size: int, num_classes: int):
     saved.set_weights(trained.get_weights())
     _log(f"saving the weights trained with {model.train_word_buckets} length groups in a model with {model.word_buckets}")
     return saved
+
+
+def _word2vec_key(config: PipelineConfig, preprocess_manifest: dict[str, Any]) -> str:
+    """What learned word vectors depend on: the encoded training split, their settings, the dimension and the seed."""
+    return json.dumps([preprocess_manifest.get("fingerprint"), config.model.embedding.word2vec.model_dump(mode="json"),
+                       config.model.embedding.dim, config.seed], sort_keys=True)
 
 
 def _learn_word2vec(config: PipelineConfig, paths: list[Path], vocab_tokens: list[str]):

@@ -73,11 +73,14 @@ def test_an_invalid_value_is_reported_with_its_point_before_anything_trains(tmp_
 
 def test_sweep_trains_every_point_per_seed_ranks_on_validation_and_its_winner_retrains_the_same(
         tmp_path, monkeypatch, capsys):
-    workspace = make_workspace(tmp_path, TINY)
+    overrides = [*TINY, "model.embedding.word2vec.epochs=1"]
+    workspace = make_workspace(tmp_path, overrides)
     workspace.activate(monkeypatch)
-    assert main(["preprocess", *set_args(TINY)]) == 0
-    assert main(["sweep", *set_args(TINY), "--grid", "train.learning_rate=0.002,0.01", "--seeds", "42,1"]) == 0
-    out = capsys.readouterr().out
+    assert main(["preprocess", *set_args(overrides)]) == 0
+    assert main(["sweep", *set_args(overrides), "--grid", "train.learning_rate=0.002,0.01", "--seeds", "42,1"]) == 0
+    out, err = capsys.readouterr()
+    # Word vectors are learned once per seed; the other point's trials reuse them.
+    assert err.count("word2vec: learning") == 2 and err.count("not learned again") == 2
     (folder,) = (workspace.config.artifacts_dir() / "sweep").iterdir()
     results = json.loads((folder / "results.json").read_text())
     trials = results["trials"]
@@ -108,8 +111,9 @@ def test_sweep_trains_every_point_per_seed_ranks_on_validation_and_its_winner_re
         "sweep/results.json", "sweep/results.md", "sweep/sweep.png"}
     assert client.search_model_versions() == []
 
-    # The second point's seed-42 trial ran third in the sweep's process; the train stage reproduces it.
-    assert main(["train", *set_args([*TINY, "train.learning_rate=0.01"])]) == 0
+    # The second point's seed-42 trial ran third in the sweep's process, with the first trial's word
+    # vectors; the train stage, learning its own, reproduces it.
+    assert main(["train", *set_args([*overrides, "train.learning_rate=0.01"])]) == 0
     retrained = json.loads((workspace.config.stage_dir("train") / "history.json").read_text())["history"]
     trial = json.loads((folder / "trial-003" / "history.json").read_text())["history"]
     assert retrained["val_loss"] == trial["val_loss"] and retrained["loss"] == trial["loss"]
