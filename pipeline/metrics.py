@@ -292,12 +292,12 @@ def _plot_curve_panel(ax, history: dict[str, list[float]], metric: str, best_epo
 def plot_sweep(points: list[dict[str, Any]], metric: str, path: Path, higher_is_better: bool) -> None:
     """A sweep's points (``pipeline.sweep.rank``), best first: each trial a dot, the mean over seeds a bar."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(points) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * len(points) + 2), 4.5))
     means = [p["mean"] if p["mean"] is not None else float("nan") for p in points]
     ax.bar(range(len(points)), means, color="tab:blue", alpha=0.35, label="mean over seeds")
     for x, p in enumerate(points):
         ax.scatter([x] * len(p["values"]), p["values"], color="tab:blue", s=18, zorder=3)
-    ax.set_xticks(range(len(points)), ["\n".join(p["settings"]) for p in points], fontsize=7)
+    ax.set_xticks(range(len(points)), [_short_settings(p["settings"]) for p in points], fontsize=7)
     values = [v for p in points for v in p["values"]]
     if values:
         low, high = min(values), max(values)
@@ -308,6 +308,16 @@ def plot_sweep(points: list[dict[str, Any]], metric: str, path: Path, higher_is_
     ax.legend()
     fig.tight_layout()
     _save(plt, fig, Path(path))
+
+
+def _short_settings(settings: list[str]) -> str:
+    """``["train.learning_rate=0.002", "model.dropout=0.3"]`` -> ``"learning_rate=0.002\ndropout=0.3"`` (a tick
+    label); keys keep their full path where the last parts would be ambiguous."""
+    keys = [item.partition("=")[0] for item in settings]
+    lasts = [key.rsplit(".", 1)[-1] for key in keys]
+    if len(set(lasts)) < len(lasts):
+        return "\n".join(settings)
+    return "\n".join(f"{last}={item.partition('=')[2]}" for last, item in zip(lasts, settings, strict=True))
 
 
 # --------------------------------------------------------------------------- baseline

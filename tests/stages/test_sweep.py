@@ -132,3 +132,11 @@ def test_a_sweep_killed_after_a_trial_keeps_that_trials_result(tmp_path, monkeyp
     assert results["finished_trials"] == 1
     assert results["trials"][0]["value"] is not None and results["trials"][1]["value"] is None
     assert "model.dropout=0.1" in (folder / "results.md").read_text()
+
+
+def test_plot_labels_use_the_last_key_part_unless_that_is_ambiguous():
+    from pipeline.metrics import _short_settings
+
+    assert _short_settings(["train.learning_rate=0.002", "model.dropout=0.3"]) == "learning_rate=0.002\ndropout=0.3"
+    assert _short_settings(["model.word_attention.score=dot", "model.sentence_attention.score=dot"]) == (
+        "model.word_attention.score=dot\nmodel.sentence_attention.score=dot")
