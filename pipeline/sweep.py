@@ -51,6 +51,8 @@ class Axis:
 
 @dataclass
 class Trial:
+    """One training of a point with one seed, and what it measured (None until it has run)."""
+
     index: int
     point: int  # the grid point (index into ``points``)
     seed: int
@@ -231,12 +233,12 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
         mlflow.log_params({"sweep.grid": " | ".join(grid), "sweep.seeds": ",".join(map(str, seeds)),
                            "sweep.metric": metric, "sweep.trials": len(trials)})
         started = time.perf_counter()
-        word2vec: dict[str, Any] = {}  # vectors learned by a trial, for the trials with the same seed (train.Trial)
+        word2vec: dict[str, Any] = {}  # vectors learned by a trial, for the trials with the same seed (train.SweepTrial)
         for trial in trials:
             settings = " ".join(trial.overrides)
             _log(f"trial {trial.index}/{len(trials)}: {settings} seed {trial.seed}")
             keras.backend.clear_session(free_memory=True)  # each trial builds its graphs anew
-            trained = train.run(configs[trial.index], force=True, trial=train.Trial(
+            trained = train.run(configs[trial.index], force=True, trial=train.SweepTrial(
                 out_dir / f"trial-{trial.index:03d}", run_name=f"trial-{trial.index} {settings} seed {trial.seed}",
                 tags={"han.sweep.run_id": parent.info.run_id, "han.sweep.point": settings,
                       "han.sweep.seed": str(trial.seed)}, word2vec=word2vec))

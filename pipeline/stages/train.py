@@ -54,7 +54,7 @@ class TrainError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Trial:
+class SweepTrial:
     """Where a sweep trial (``pipeline.sweep``) trains instead of the stage's own folders.
 
     Its outputs (``history.json``, ``training_curves.png``, ``manifest.json``; no model file, no
@@ -210,10 +210,10 @@ def assign_variables(variables, values: dict[str, np.ndarray]) -> None:
 
 
 # --------------------------------------------------------------------------- the stage
-def run(config: PipelineConfig, force: bool = False, trial: Trial | None = None) -> TrainResult:
+def run(config: PipelineConfig, force: bool = False, trial: SweepTrial | None = None) -> TrainResult:
     """Train (or resume, or skip when nothing changed) and return where the outputs are.
 
-    ``trial``: train as one trial of a sweep (``Trial``), always anew.
+    ``trial``: train as one trial of a sweep (``SweepTrial``), always anew.
     """
     from pipeline.shards import load_split, shard_paths
 
