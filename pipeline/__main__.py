@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                                help="an MLflow model URI, e.g. models:/han-classifier@champion "
                                     "(default: the model of the last train stage of --config)")
         if name == "sweep":
+            stage.epilog = ("Needs the config's preprocessing (make preprocess). Each trial is a real train stage in this "
+                            "process; trials register no model, and the test split is never used. Outputs in "
+                            "$HAN_ARTIFACTS_DIR/<name>/sweep/<started>/ (results.json, results.md, sweep.png), the "
+                            "command that trains the best setting at the end. README: Sweeps.")
             stage.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
                                help="a model.* or train.* key and the values to try, comma-separated (repeatable: "
                                     "every combination is trained), e.g. --grid train.learning_rate=0.001,0.002")
