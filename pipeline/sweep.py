@@ -164,7 +164,7 @@ def rank(points: list[tuple[str, ...]], trials: list[Trial], metric: str) -> lis
         values = [t.value for t in trials if t.point == index and t.value is not None]
         ranked.append({"point": index, "settings": list(point), "values": values,
                        "mean": statistics.fmean(values) if values else None,
-                       "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+                       "stdev": statistics.stdev(values) if len(values) > 1 else None,  # one seed: no spread
                        "val_accuracy": _mean([t.val_accuracy for t in trials if t.point == index]),
                        "val_loss": _mean([t.val_loss for t in trials if t.point == index]),
                        "seconds": _mean([t.seconds for t in trials if t.point == index])})
@@ -187,7 +187,8 @@ def _fmt(value: float | None) -> str:
 
 def markdown(result: SweepResult, config_name: str) -> str:
     seeds = result.seeds
-    lines = [f"# Sweep of {config_name}: {len(result.points)} points x {len(seeds)} seeds ({', '.join(map(str, seeds))})",
+    lines = [f"# Sweep of {config_name}: {len(result.points)} point{'s' * (len(result.points) != 1)} x {len(seeds)} "
+             f"seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))})",
              "", f"Ranked by the mean of {result.metric} at each trial's best epoch (validation split).", "",
              f"| rank | settings | {result.metric} mean | spread (sd) | val_accuracy | val_loss | seconds per trial |",
              "|---|---|---|---|---|---|---|"]
