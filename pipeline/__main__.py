@@ -148,9 +148,14 @@ def cmd_sweep(config: PipelineConfig, args: argparse.Namespace) -> int:
     result = sweep.run(args.config, args.overrides, args.grid, args.seeds, args.metric)
     print(sweep.markdown(result, args.config), end="")
     best = result.points[0]
-    print(f"sweep: best {' '.join(best['settings'])} ({result.metric} {best['mean']:.4f}); results in {result.output_dir}")
-    print(f"sweep: to train it: {sweep.train_command(args.config, args.overrides, best['settings'])}")
+    if best["mean"] is not None:
+        print(f"sweep: best {' '.join(best['settings'])} ({result.metric} {best['mean']:.4f}); results in {result.output_dir}")
+        print(f"sweep: to train it: {sweep.train_command(args.config, args.overrides, best['settings'])}")
     print(f"sweep: MLflow run {result.run.info.run_id}; with `make ui` at {run_url(result.run)}")
+    if result.failed:
+        print(f"sweep: {len(result.failed)} of {len(result.trials)} trials failed (listed above, and tagged "
+              "han.sweep.failed_trials on the sweep's MLflow run)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -64,6 +65,7 @@ class Trial:
     val_accuracy: float | None = None
     seconds: float | None = None
     run_id: str | None = None
+    error: str | None = None  # why the trial failed; the sweep goes on without it
 
 
 @dataclass
@@ -74,6 +76,10 @@ class SweepResult:
     trials: list[Trial]
     points: list[dict[str, Any]] = field(default_factory=list)  # ranked, best first
     run: Any = None  # the parent MLflow run
+
+    @property
+    def failed(self) -> list[Trial]:
+        return [t for t in self.trials if t.error is not None]
 
 
 def split_values(text: str) -> list[str]:
@@ -162,11 +168,13 @@ def rank(points: list[tuple[str, ...]], trials: list[Trial], metric: str) -> lis
     ranked = []
     for index, point in enumerate(points):
         values = [t.value for t in trials if t.point == index and t.value is not None]
+        # A trial that diverged (NaN or infinite loss) or failed makes its point unrankable: last, no mean.
+        usable = all(math.isfinite(v) for v in values) and not any(t.error for t in trials if t.point == index)
         ranked.append({"point": index, "settings": list(point), "values": values,
-                       "mean": statistics.fmean(values) if values else None,
-                       "stdev": statistics.stdev(values) if len(values) > 1 else None,  # one seed: no spread
+                       "mean": statistics.fmean(values) if values and usable else None,
+                       "stdev": statistics.stdev(values) if len(values) > 1 and usable else None,  # one seed: no spread
                        "val_accuracy": _mean([t.val_accuracy for t in trials if t.point == index]),
-                       "val_loss": _mean([t.val_loss for t in trials if t.point == index]),
+                       "val_loss": _mean([t.val_loss for t in trials if t.point == index]) if usable else None,
                        "seconds": _mean([t.seconds for t in trials if t.point == index])})
     # Ties (accuracy on a small validation split moves in steps of 1/documents) go to the lower val_loss.
     sign = -1.0 if _better(metric) else 1.0
@@ -195,6 +203,11 @@ def markdown(result: SweepResult, config_name: str) -> str:
     for p in result.points:
         lines.append(f"| {p['rank']} | {' '.join(p['settings'])} | {_fmt(p['mean'])} | {_fmt(p['stdev'])} | "
                      f"{_fmt(p['val_accuracy'])} | {_fmt(p['val_loss'])} | {p['seconds'] or 0:.1f} |")
+    unranked = [t for t in result.trials if t.error or (t.value is not None and not math.isfinite(t.value))]
+    if unranked:
+        lines += ["", "Not ranked (their points have no mean):", ""]
+        lines += [f"- trial {t.index} ({' '.join(t.overrides)}, seed {t.seed}): "
+                  + (f"failed: {t.error}" if t.error else f"diverged ({result.metric} {t.value})") for t in unranked]
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +236,7 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
     points, trials, configs = plan(config_path, overrides, axes, seeds)
     out_dir = base.stage_dir("sweep") / time.strftime("%Y%m%d-%H%M%S")
     result = SweepResult(out_dir, metric, seeds, trials)
+    out_dir.mkdir(parents=True, exist_ok=True)
     _log(f"{len(trials)} trials: {len(points)} points ({' x '.join(f'{len(a.values)} {a.key}' for a in axes)}) "
          f"x {len(seeds)} seed{'s' * (len(seeds) > 1)}, ranked by {metric} on the validation split; outputs in {out_dir}")
 
@@ -239,27 +253,40 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
             settings = " ".join(trial.overrides)
             _log(f"trial {trial.index}/{len(trials)}: {settings} seed {trial.seed}")
             keras.backend.clear_session(free_memory=True)  # each trial builds its graphs anew
-            trained = train.run(configs[trial.index], force=True, trial=train.SweepTrial(
-                out_dir / f"trial-{trial.index:03d}", run_name=f"trial-{trial.index} {settings} seed {trial.seed}",
-                tags={"han.sweep.run_id": parent.info.run_id, "han.sweep.point": settings,
-                      "han.sweep.seed": str(trial.seed)}, word2vec=word2vec))
-            _record(trial, trained, metric)
+            try:
+                trained = train.run(configs[trial.index], force=True, trial=train.SweepTrial(
+                    out_dir / f"trial-{trial.index:03d}", run_name=f"trial-{trial.index} {settings} seed {trial.seed}",
+                    tags={"han.sweep.run_id": parent.info.run_id, "han.sweep.point": settings,
+                          "han.sweep.seed": str(trial.seed)}, word2vec=word2vec))
+                _record(trial, trained, metric)
+            except Exception as err:  # one bad point (a wrong path, a diverging rate) must not cost the others
+                trial.error = f"{type(err).__name__}: {err}"
+                shutil.rmtree(out_dir / f"trial-{trial.index:03d}.resume", ignore_errors=True)  # its checkpoints
+                _log(f"trial {trial.index}/{len(trials)} FAILED ({trial.error}); going on with the others")
             result.points = rank(points, trials, metric)
             _write_results(result, out_dir, config_name, overrides, axes)
             faults.point("sweep:trial_recorded")
+            finished = trials.index(trial) + 1
+            left = f"about {(time.perf_counter() - started) / finished * (len(trials) - finished) / 60:.1f} min left"
+            if trial.error is not None:
+                continue
             mlflow.log_metric(metric, trial.value, step=trial.index)
-            done = [t for t in trials if t.value is not None]
-            best = (max if _better(metric) else min)(done, key=lambda t: t.value)
-            elapsed = time.perf_counter() - started
+            ranked = [t for t in trials if t.value is not None and math.isfinite(t.value)]
+            best = (max if _better(metric) else min)(ranked, key=lambda t: t.value) if ranked else None
             _log(f"trial {trial.index}/{len(trials)}: {metric} {trial.value:.4f} at epoch {trial.best_epoch} "
-                 f"({trial.seconds:.1f}s of training); best trial so far {best.index} ({best.value:.4f}); "
-                 f"about {elapsed / len(done) * (len(trials) - len(done)) / 60:.1f} min left")
+                 f"({trial.seconds:.1f}s of training); "
+                 + (f"best trial so far {best.index} ({best.value:.4f}); " if best else "") + left)
+        if len(result.failed) == len(trials):
+            raise RuntimeError(f"every trial of the sweep failed; the first: {trials[0].error} (results in {out_dir})")
         plot_sweep(result.points, metric, out_dir / "sweep.png", higher_is_better=_better(metric))
         for name in ("results.json", "results.md", "sweep.png"):
             mlflow.log_artifact(str(out_dir / name), "sweep")
         best = result.points[0]
-        mlflow.log_metric(f"best_{metric}", best["mean"])
-        mlflow.set_tag("han.sweep.best", " ".join(best["settings"]))
+        if best["mean"] is not None:
+            mlflow.log_metric(f"best_{metric}", best["mean"])
+            mlflow.set_tag("han.sweep.best", " ".join(best["settings"]))
+        if result.failed:
+            mlflow.set_tag("han.sweep.failed_trials", ",".join(str(t.index) for t in result.failed))
     return result
 
 
@@ -270,6 +297,7 @@ def _write_results(result: SweepResult, out_dir: Path, config_name: str, overrid
         "config": config_name, "overrides": list(overrides), "grid": [{"key": a.key, "values": list(a.values)} for a in axes],
         "seeds": result.seeds, "metric": result.metric, "mlflow_run_id": result.run.info.run_id,
         "finished_trials": sum(t.value is not None for t in result.trials),
+        "failed_trials": [t.index for t in result.failed],
         "points": result.points, "trials": [vars(t) | {"overrides": list(t.overrides)} for t in result.trials]})
     (out_dir / "results.md").write_text(markdown(result, config_name), encoding="utf-8")
 

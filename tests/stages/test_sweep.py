@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -140,3 +141,36 @@ def test_plot_labels_use_the_last_key_part_unless_that_is_ambiguous():
     assert _short_settings(["train.learning_rate=0.002", "model.dropout=0.3"]) == "learning_rate=0.002\ndropout=0.3"
     assert _short_settings(["model.word_attention.score=dot", "model.sentence_attention.score=dot"]) == (
         "model.word_attention.score=dot\nmodel.sentence_attention.score=dot")
+
+
+def test_a_diverged_trial_leaves_its_point_unranked_at_the_bottom():
+    trials = [sweep.Trial(1, 0, 42, ("a=1",), value=0.30, val_loss=0.30), sweep.Trial(2, 1, 42, ("a=2",), value=float("nan")),
+              sweep.Trial(3, 2, 42, ("a=3",), value=0.50, val_loss=0.50)]
+    ranked = sweep.rank([("a=1",), ("a=2",), ("a=3",)], trials, "val_loss")
+    assert [p["settings"] for p in ranked] == [["a=1"], ["a=3"], ["a=2"]]
+    assert ranked[-1]["mean"] is None
+    result = sweep.SweepResult(Path("."), "val_loss", [42], trials, ranked)
+    assert "trial 2 (a=2, seed 42): diverged (val_loss nan)" in sweep.markdown(result, "c.yaml")
+
+
+def test_a_failing_trial_is_recorded_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    workspace = make_workspace(tmp_path, TINY)
+    workspace.activate(monkeypatch)
+    assert main(["preprocess", *set_args(TINY)]) == 0
+    missing = tmp_path / "no-such-vectors.txt"
+    assert main(["sweep", *set_args([*TINY, "train.epochs=1"]), "--grid", f"model.embedding.pretrained_path={missing},null"]) == 2
+    out, err = capsys.readouterr()
+    assert "trial 1/2 FAILED" in err and "1 of 2 trials failed" in err
+    (folder,) = (workspace.config.artifacts_dir() / "sweep").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    assert results["failed_trials"] == [1] and str(missing) in results["trials"][0]["error"]
+    assert results["trials"][1]["value"] is not None  # the point after the failure was trained
+    assert results["points"][0]["settings"] == ["model.embedding.pretrained_path=null"]
+    assert "failed:" in (folder / "results.md").read_text() and "sweep: to train it:" in out
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("han.stage") == "sweep"]
+    assert parent.data.tags["han.sweep.failed_trials"] == "1"
+    assert parent.data.tags["han.sweep.best"] == "model.embedding.pretrained_path=null"
+    # The failed trial stopped before its run opened (reading the vectors); the other one finished.
+    assert [r.info.status for r in runs if r.data.tags.get("han.sweep.seed")] == ["FINISHED"]
