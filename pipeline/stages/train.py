@@ -424,8 +424,10 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             _log(f"worker {distribution.worker_index} done after {state['epochs_done']} epochs; "
                  "the chief writes the outputs and logs to MLflow")
             return TrainResult(out_dir, {}, skipped=False, chief=False)
-        result = _write_outputs(config, key, prep_dir, out_dir, saved_model(model, config.model, len(vocab_tokens), len(labels)),
-                                labels, state, monitor, run, steps_per_epoch, log_model=trial is None)
+        # A sweep trial saves no model: no need to rebuild it with the configured length groups.
+        saved = model if trial is not None else saved_model(model, config.model, len(vocab_tokens), len(labels))
+        result = _write_outputs(config, key, prep_dir, out_dir, saved, labels, state, monitor, run, steps_per_epoch,
+                                log_model=trial is None)
     checkpoints.clear()
     _log(f"best epoch {state['best_epoch']} of {state['epochs_done']} ({monitor} {state['best_value']:.4f}); "
          f"{state['seconds']:.1f}s of training; outputs in {out_dir}")
