@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shlex
 import shutil
 import statistics
 import sys
@@ -315,7 +316,7 @@ def _record(trial: Trial, trained, metric: str) -> None:
 
 
 def train_command(config_path: str | None, overrides: Sequence[str], settings: Sequence[str]) -> str:
-    """The train-stage command line that trains a point with the config's seed."""
+    """The train-stage command line (shell-quoted) that trains a point with the config's seed."""
     sets = [*overrides, *settings]
-    return " ".join(["python -m pipeline train", *([f"--config {config_path}"] if config_path else []),
-                     *(f"--set {s}" for s in sets)])
+    return " ".join(["python -m pipeline train", *([f"--config {shlex.quote(str(config_path))}"] if config_path else []),
+                     *(f"--set {shlex.quote(s)}" for s in sets)])

@@ -43,6 +43,12 @@ def test_grids_a_sweep_cannot_run_are_refused_with_the_reason(grid, message):
         sweep.parse_grid(grid)
 
 
+def test_the_printed_train_command_quotes_values_for_the_shell():
+    command = sweep.train_command("configs/bbc.yaml", ["seed=7"], ["model.sentence_attention={score: dot}", "model.dropout=0.3"])
+    assert command == ("python -m pipeline train --config configs/bbc.yaml --set seed=7 "
+                       "--set 'model.sentence_attention={score: dot}' --set model.dropout=0.3")
+
+
 def test_seeds_are_whole_numbers_and_default_to_the_configs():
     assert sweep.parse_seeds("42, 1,2", default=7) == [42, 1, 2]
     assert sweep.parse_seeds(None, default=7) == [7]
