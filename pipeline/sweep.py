@@ -177,9 +177,10 @@ def rank(points: list[tuple[str, ...]], trials: list[Trial], metric: str) -> lis
                        "val_accuracy": _mean([t.val_accuracy for t in trials if t.point == index]),
                        "val_loss": _mean([t.val_loss for t in trials if t.point == index]) if usable else None,
                        "seconds": _mean([t.seconds for t in trials if t.point == index])})
-    # Ties (accuracy on a small validation split moves in steps of 1/documents) go to the lower val_loss.
+    # Ties (accuracy on a small validation split moves in steps of 1/documents; means of such steps
+    # differ in the last bits) go to the lower val_loss.
     sign = -1.0 if _better(metric) else 1.0
-    ranked.sort(key=lambda p: (p["mean"] is None, sign * (p["mean"] or 0.0), p["val_loss"] or 0.0, p["point"]))
+    ranked.sort(key=lambda p: (p["mean"] is None, round(sign * (p["mean"] or 0.0), 9), p["val_loss"] or 0.0, p["point"]))
     for position, entry in enumerate(ranked, start=1):
         entry["rank"] = position
     return ranked
@@ -310,9 +311,8 @@ def _record(trial: Trial, trained, metric: str) -> None:
     trial.best_epoch, trial.epochs_run = manifest["best_epoch"], manifest["epochs_run"]
     trial.seconds = manifest["train_seconds"]
     trial.run_id = manifest["mlflow"]["run_id"]
-    trial.val_loss = history.get("val_loss", [None] * (at_best + 1))[at_best]
-    trial.val_accuracy = history.get("val_accuracy", [None] * (at_best + 1))[at_best]
-    trial.value = history[metric][at_best]
+    trial.val_loss, trial.val_accuracy = history["val_loss"][at_best], history["val_accuracy"][at_best]
+    trial.value = history[metric][at_best]  # run() checked that the validation split is not empty
 
 
 def train_command(config_path: str | None, overrides: Sequence[str], settings: Sequence[str]) -> str:
