@@ -160,8 +160,15 @@ def test_word2vec_vectors_are_learned_first_and_logged(tmp_path, monkeypatch, ca
 def test_checkpoint_of_other_settings_is_ignored(tmp_path):
     checkpoints = train.Checkpoints(tmp_path / "resume", "fingerprint-a")
     state = {"epochs_done": 1, "history": {}, "best_epoch": 1, "best_value": 0.5, "wait": 0}
-    checkpoints.save(state, {"v0000": np.ones(3)}, {"v0000": np.zeros(3)})
-    assert checkpoints.load()[0]["epochs_done"] == 1
+    # The current values come as pairs read one at a time, as the train stage streams its variables.
+    checkpoints.save(state, iter([("v0000", np.ones(3)), ("opt_v0000", np.arange(6, dtype=np.int64).reshape(2, 3))]),
+                     {"v0000": np.zeros(3)})
+    loaded_state, current, best = checkpoints.load()
+    assert loaded_state["epochs_done"] == 1
+    assert set(current) == {"v0000", "opt_v0000"} and current["opt_v0000"].dtype == np.int64
+    np.testing.assert_array_equal(current["opt_v0000"], np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(current["v0000"], np.ones(3))
+    np.testing.assert_array_equal(best["v0000"], np.zeros(3))
     assert train.Checkpoints(tmp_path / "resume", "fingerprint-b").load() is None
     (tmp_path / "resume" / "state.json").write_text("{broken")
     assert checkpoints.load() is None
