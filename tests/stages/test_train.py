@@ -213,7 +213,9 @@ def test_malloc_trim_steps_hands_freed_memory_back_every_n_steps(tmp_path, monke
     assert main(["train", *set_args(overrides)]) == 0
     steps = json.loads((workspace.config.stage_dir("train") / "manifest.json").read_text())["steps_per_epoch"]
     assert steps >= 3
-    assert len(calls) == 2 * (steps // 3)  # every third step of each epoch, counted from the epoch's start
+    # Every third step of each epoch, counted from the epoch's start, and once when training ends
+    # (the training graph and the optimizer dropped) before the outputs are written.
+    assert len(calls) == 2 * (steps // 3) + 1
     assert all(isinstance(released, bool) for released in calls)
 
 
