@@ -174,6 +174,26 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path):
     assert checkpoints.load() is None
 
 
+def test_checkpoint_writes_each_variable_before_reading_the_next(tmp_path):
+    # The memory promise of Checkpoints.save: the current values are never all in memory at once.
+    # Each pair is asked for only after the one before it is on disk (np.savez(**dict(pairs))
+    # would read them all before writing anything).
+    folder = tmp_path / "resume" / "epoch-0001"
+    written = []
+
+    def pairs():
+        for i in range(3):
+            path = folder / "state.npz"
+            written.append(path.stat().st_size if path.exists() else 0)
+            yield f"v{i:04d}", np.full((1000,), i, dtype=np.float32)
+
+    state = {"epochs_done": 1, "history": {}, "best_epoch": 1, "best_value": 0.5, "wait": 0}
+    train.Checkpoints(tmp_path / "resume", "key").save(state, pairs(), {})
+    assert written[1] >= written[0] + 4000 and written[2] >= written[1] + 4000
+    with np.load(folder / "state.npz") as loaded:
+        assert [float(loaded[f"v{i:04d}"][0]) for i in range(3)] == [0.0, 1.0, 2.0]
+
+
 def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups(tmp_path, monkeypatch, capsys):
     import keras
 
