@@ -54,6 +54,12 @@ QUICK_SET = ["train.epochs=2", "train.early_stopping.patience=0", "preprocess.ma
 EXPLAIN_DOCUMENTS = 60
 INFER_BATCH = 256
 RESULT_PREFIX = "BENCH-RESULT "
+# Issue #9's targets, checked against every run's own figures (``targets``).
+SPEED_RATIO = 4.0             # training and batch inference, against the reference HAN in the same run
+ACCURACY = {"bbc": 0.985, "imdb": 0.915}
+TRAIN_MINUTES = 30.0          # word2vec and training together
+EXPLAIN_P50_MS = 50.0
+TRAIN_PEAK_MB = {"imdb": 1200.0}
 
 
 def log(message: str) -> None:
@@ -341,6 +347,45 @@ def machine() -> dict[str, Any]:
             "tensorflow": tf.__version__, "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)}
 
 
+def targets(dataset: str, systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where this run stands on each of issue #9's targets that its figures can answer.
+
+    One row per target: ``key``, ``target`` (words), ``value``, ``threshold``, ``met`` and
+    ``shown`` (the value as the markdown prints it). A target needing a system the run did not
+    include (``--systems``) is left out.
+    """
+    han, reference = systems.get("han"), systems.get("reference_han")
+    rows = []
+
+    def row(key: str, words: str, value: float, threshold: float, met: bool, shown: str) -> None:
+        rows.append({"key": key, "target": words, "value": round(value, 4), "threshold": threshold, "met": bool(met),
+                     "shown": shown})
+
+    if han and reference:
+        for key, figure, words in (("training_ratio", "train_docs_per_s", "training docs/s"),
+                                   ("inference_ratio", "infer_docs_per_s", "batch inference docs/s")):
+            ratio = han[figure] / reference[figure]
+            row(key, f"{words} >= {SPEED_RATIO:g}x the reference's", ratio, SPEED_RATIO, ratio >= SPEED_RATIO,
+                f"{ratio:.2f}x")
+        row("accuracy_vs_reference", f"accuracy >= the reference's ({reference['accuracy']:.4f})", han["accuracy"],
+            reference["accuracy"], han["accuracy"] >= reference["accuracy"], f"{han['accuracy']:.4f}")
+    if han:
+        if dataset in ACCURACY:
+            row("accuracy", f"accuracy >= {ACCURACY[dataset]}", han["accuracy"], ACCURACY[dataset],
+                han["accuracy"] >= ACCURACY[dataset], f"{han['accuracy']:.4f}")
+        minutes = (han["train_seconds"] + (han.get("word2vec_seconds") or 0.0)) / 60
+        row("train_minutes", f"word2vec and training within {TRAIN_MINUTES:g} minutes", minutes, TRAIN_MINUTES,
+            minutes <= TRAIN_MINUTES, f"{minutes:.1f} min")
+        p50 = han["explain_p50_ms"]
+        row("explain_p50_ms", f"one-document explain p50 < {EXPLAIN_P50_MS:g} ms", p50, EXPLAIN_P50_MS,
+            p50 < EXPLAIN_P50_MS, f"{p50:.1f} ms")
+        if dataset in TRAIN_PEAK_MB:
+            peak = han["train_peak_rss_mb"]
+            row("train_peak_rss_mb", f"training peak RSS <= {TRAIN_PEAK_MB[dataset]:,.0f} MB", peak, TRAIN_PEAK_MB[dataset],
+                peak <= TRAIN_PEAK_MB[dataset], f"{peak:,.0f} MB")
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     columns = ["accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "explain_p50_ms", "explain_p95_ms",
                "peak_rss_mb", "train_peak_rss_mb", "train_seconds", "epochs"]
@@ -360,6 +405,12 @@ def markdown(results: dict[str, Any]) -> str:
                       "(not in train_seconds; the reference HAN starts from random vectors)"]
         if han and "flops" in han:
             lines += [f"HAN training FLOP/s on real tokens: {han['flops']['fraction_of_matmul']:.1%} of a dense matmul's"]
+        rows = results.get("targets", {}).get(dataset)
+        if rows:
+            lines += ["", "Targets (issue #9)" + (": a quick run's subsample, not the full dataset the targets are for"
+                                                 if results["quick"] else ""), "",
+                      "| target | this run | met |", "|---|---|---|"]
+            lines += [f"| {r['target']} | {r['shown']} | {'yes' if r['met'] else '**no**'} |" for r in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -423,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 line = next(line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX))
                 results["datasets"][dataset][system] = json.loads(line.removeprefix(RESULT_PREFIX))
+                results.setdefault("targets", {})[dataset] = targets(dataset, results["datasets"][dataset])
                 log(f"{dataset}: {system} done in {time.perf_counter() - started:.0f}s: "
                     f"{json.dumps(results['datasets'][dataset][system])}")
                 # Written after every system: an interrupted run keeps what it measured.
@@ -445,6 +497,8 @@ def _track(results: dict[str, Any], *paths: Path) -> None:
         mlflow.log_params(flatten(results["machine"], "machine."))
         metrics = {f"{d}.{s}.{k}": float(v) for d, systems in results["datasets"].items()
                    for s, values in systems.items() for k, v in values.items() if isinstance(v, int | float)}
+        metrics.update({f"{d}.target_met.{r['key']}": float(r["met"]) for d, rows in results.get("targets", {}).items()
+                        for r in rows})
         mlflow.log_metrics(metrics)
         for path in paths:
             mlflow.log_artifact(str(path))

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from benchmarks.compare import SYSTEMS, han_training_flops, quick_corpus, reference_optimizer
+from benchmarks.compare import SYSTEMS, han_training_flops, markdown, quick_corpus, reference_optimizer, targets
 from pipeline.config import PROJECT_ROOT, load_config
 
 FIGURES = {"accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "peak_rss_mb", "train_seconds", "epochs"}
@@ -48,6 +48,14 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
         assert systems["han"]["word2vec_seconds"] is None  # configs/bbc.yaml learns no vectors first (the stage test has some)
     table = json_path.with_suffix(".md").read_text()
     assert "| han |" in table and "HAN / reference: training" in table
+    # Where the run stands on the issue's targets, from its own figures (a quick run says it is one).
+    rows = {row["key"]: row for row in results["targets"]["bbc"]}
+    assert set(rows) == {"training_ratio", "inference_ratio", "accuracy_vs_reference", "accuracy", "train_minutes",
+                         "explain_p50_ms"}
+    han, reference = results["datasets"]["bbc"]["han"], results["datasets"]["bbc"]["reference_han"]
+    assert rows["training_ratio"]["value"] == round(han["train_docs_per_s"] / reference["train_docs_per_s"], 4)
+    assert rows["accuracy"]["met"] == (han["accuracy"] >= 0.985)
+    assert "Targets (issue #9): a quick run's subsample" in table
 
     import mlflow
 
@@ -55,6 +63,34 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
     runs = mlflow.search_runs(experiment_names=["benchmarks"], output_format="list",
                               filter_string="attributes.run_name LIKE 'bench-%'")
     assert len(runs) == 1 and "bbc.han.accuracy" in runs[0].data.metrics
+    assert runs[0].data.metrics["bbc.target_met.accuracy"] == float(rows["accuracy"]["met"])
+
+
+def _figures(**han):
+    base = {"accuracy": 0.95, "train_docs_per_s": 400.0, "infer_docs_per_s": 2000.0, "train_seconds": 120.0,
+            "word2vec_seconds": None, "explain_p50_ms": 8.0, "train_peak_rss_mb": 1700.0}
+    return {"han": {**base, **han}, "reference_han": {**base, "accuracy": 0.90, "train_docs_per_s": 100.0,
+                                                      "infer_docs_per_s": 500.0}}
+
+
+def test_targets_are_checked_against_the_runs_own_figures():
+    rows = {row["key"]: row for row in targets("imdb", _figures(word2vec_seconds=1500.0))}
+    assert rows["training_ratio"]["met"] and rows["training_ratio"]["shown"] == "4.00x"  # exactly 4x counts
+    assert rows["inference_ratio"]["met"] and rows["accuracy_vs_reference"]["met"] and rows["accuracy"]["met"]
+    assert rows["train_minutes"]["value"] == 27.0 and rows["train_minutes"]["met"]  # word2vec counted with training
+    assert rows["explain_p50_ms"]["met"] and not rows["train_peak_rss_mb"]["met"]
+    rows = {row["key"]: row for row in targets("imdb", _figures(train_docs_per_s=399.0, accuracy=0.9149,
+                                                                  word2vec_seconds=1700.0, explain_p50_ms=50.0,
+                                                                  train_peak_rss_mb=1200.0))}
+    assert not rows["training_ratio"]["met"] and not rows["accuracy"]["met"]
+    assert not rows["train_minutes"]["met"] and not rows["explain_p50_ms"]["met"]  # p50 must be under 50 ms
+    assert rows["train_peak_rss_mb"]["met"]
+    # BBC has its own accuracy target and none on memory; without the reference there is no ratio to check.
+    bbc = {row["key"]: row for row in targets("bbc", {"han": _figures()["han"]})}
+    assert set(bbc) == {"accuracy", "train_minutes", "explain_p50_ms"} and bbc["accuracy"]["threshold"] == 0.985
+    table = markdown({"date": "d", "quick": False, "machine": {"cpu": "cpu", "cores": 2},
+                      "datasets": {"imdb": _figures()}, "targets": {"imdb": targets("imdb", _figures())}})
+    assert "| training peak RSS <= 1,200 MB | 1,700 MB | **no** |" in table and "quick run" not in table
 
 
 def test_flop_count_of_one_word_and_one_sentence():
