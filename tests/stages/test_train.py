@@ -221,11 +221,24 @@ def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups
 
 
 def test_malloc_trim_steps_hands_freed_memory_back_every_n_steps(tmp_path, monkeypatch):
+    import weakref
+
+    import pipeline.model
     import pipeline.runtime
 
-    calls = []
+    calls, trainer_gone = [], []
     real = pipeline.runtime.release_free_memory
-    monkeypatch.setattr(pipeline.runtime, "release_free_memory", lambda: calls.append(real()) or calls[-1])
+    trainers = []
+    real_compile = pipeline.model.compile_han
+    monkeypatch.setattr(pipeline.model, "compile_han", lambda *a, **k: trainers.append(weakref.ref(real_compile(*a, **k)))
+                        or trainers[-1]())
+
+    def release():
+        trainer_gone.append(trainers[0]() is None)
+        calls.append(real())
+        return calls[-1]
+
+    monkeypatch.setattr(pipeline.runtime, "release_free_memory", release)
     overrides = [*SMALL, "train.epochs=2", "data.demo.num_documents=200", "runtime.malloc_trim_steps=3"]
     workspace = make_workspace(tmp_path, overrides)
     workspace.activate(monkeypatch)
@@ -236,6 +249,8 @@ def test_malloc_trim_steps_hands_freed_memory_back_every_n_steps(tmp_path, monke
     # Every third step of each epoch, counted from the epoch's start, and once when training ends
     # (the training graph and the optimizer dropped) before the outputs are written.
     assert len(calls) == 2 * (steps // 3) + 1
+    # By that last call the compiled training model (its graphs and the optimizer's moments) is gone.
+    assert trainer_gone[-1] and not any(trainer_gone[:-1])
     assert all(isinstance(released, bool) for released in calls)
 
 
