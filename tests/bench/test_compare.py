@@ -22,6 +22,7 @@ FIGURES = {"accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "peak
 HAN_FIGURES = FIGURES | {"explain_p50_ms", "explain_p95_ms", "train_peak_rss_mb"}
 
 
+@pytest.mark.real_data
 def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_data, tmp_path):
     env = {**os.environ, "HAN_DATA_DIR": str(shared_data)}
     command = [sys.executable, "-m", "benchmarks.compare", "--quick", "--per-class", "20", "--datasets", "bbc",
@@ -102,6 +103,7 @@ def test_flop_count_of_one_word_and_one_sentence():
     assert han_training_flops(config, 0, 1) == 3 * sentence
 
 
+@pytest.mark.real_data
 def test_quick_imdb_subsample_keeps_the_official_split_and_both_classes(shared_data, tmp_path):
     out = quick_corpus("imdb", shared_data / "aclImdb.tar.gz", tmp_path, per_class=3)
     files = sorted(p.relative_to(out).parent.as_posix() for p in out.rglob("*.txt"))

@@ -25,6 +25,7 @@ def test_repeated_corpus_gives_every_copy_its_own_id(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_memory_benchmark_reports_peak_rss_per_step_and_size(shared_data, tmp_path):
     env = {**os.environ, "HAN_DATA_DIR": str(shared_data)}
     command = [sys.executable, "-m", "benchmarks.memory", "--sizes", "400,800", "--steps", "3", "--out", str(tmp_path)]

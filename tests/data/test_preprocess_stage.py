@@ -231,6 +231,7 @@ def test_stage_is_tracked_in_mlflow():
     assert run.info.artifact_uri.startswith(Path(tracking_uri().removeprefix("sqlite:///")).parent.as_uri())
 
 
+@pytest.mark.real_data
 def test_bbc_end_to_end(shared_data, monkeypatch):
     # Real data through the parallel tokenizer pool: 2,225 documents, five topics, nothing lost.
     monkeypatch.setenv("HAN_DATA_DIR", str(shared_data))

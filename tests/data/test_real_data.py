@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from pipeline.config import DataConfig
 from pipeline.data.readers import ReadReport, read_documents
 from pipeline.data.records import RawDocument
 from pipeline.data.validate import validate_documents
+
+pytestmark = pytest.mark.real_data
 
 BBC_CLASSES = {"business": 510, "entertainment": 386, "politics": 417, "sport": 511, "tech": 401}
 

@@ -20,6 +20,7 @@ def _results(config):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_bbc_config_is_accurate_and_its_attention_is_faithful(shared_data, monkeypatch):
     """configs/bbc.yaml end to end. The 0.985 accuracy target is issue #9's.
 

@@ -107,6 +107,7 @@ def test_unicode_normalization_forms():
 
 
 # --------------------------------------------------------------------------- sentence splitting
+@pytest.mark.real_data
 def test_known_abbreviations_stay_inside_sentences(splitter):
     assert splitter.split("He met Dr. Smith yesterday. The U.S. economy grew fast.") == [
         "He met Dr. Smith yesterday.",
@@ -115,6 +116,7 @@ def test_known_abbreviations_stay_inside_sentences(splitter):
     assert splitter.split("Mr. Blair met Mrs. Jones. It ended.") == ["Mr. Blair met Mrs. Jones.", "It ended."]
 
 
+@pytest.mark.real_data
 def test_bbc_alone_does_not_teach_us_abbreviations(bare_splitter):
     # Observed: BBC writes "Dr Smith" and "US", so Punkt trained on it alone breaks after
     # "Dr." and "U.S." (as ../shared/data/README.md reports). This is why the abbreviations
@@ -142,11 +144,13 @@ def test_training_needs_documents():
         SentenceSplitter.train([], EXTRA_ABBREVIATIONS)
 
 
+@pytest.mark.real_data
 def test_paragraph_breaks_end_sentences(splitter):
     text = normalize_text("I loved it<br /><br />the acting was great<br /><br />  <br /><br />10/10", "NFKC")
     assert splitter.split(text) == ["I loved it", "the acting was great", "10/10"]
 
 
+@pytest.mark.real_data
 def test_br_is_never_a_token(splitter, imdb_raw_texts):
     for kind in TOKENIZER_KINDS:
         processor = TextProcessor(splitter, WordTokenizer(kind, lowercase=True), "NFKC")
@@ -156,6 +160,7 @@ def test_br_is_never_a_token(splitter, imdb_raw_texts):
             assert not any(t in ("br", "<br", "/>", "br/", "<br/>") for sentence in tokens for t in sentence), raw
 
 
+@pytest.mark.real_data
 def test_splitting_matches_nltk_punkt_on_real_text(splitter, bbc_texts, imdb_raw_texts):
     """Our untimed Punkt gives exactly NLTK's sentences for the same parameters."""
     reference = PunktSentenceTokenizer(splitter.params)
@@ -169,6 +174,7 @@ def test_splitting_matches_nltk_punkt_on_real_text(splitter, bbc_texts, imdb_raw
         assert splitter.split(text) == expected
 
 
+@pytest.mark.real_data
 def test_training_matches_nltk_trainer(bbc_texts):
     from nltk.tokenize.punkt import PunktTrainer
 
@@ -183,6 +189,7 @@ def test_training_matches_nltk_trainer(bbc_texts):
 
 
 # --------------------------------------------------------------------------- persistence
+@pytest.mark.real_data
 def test_json_round_trip_splits_identically(splitter, bbc_texts, imdb_raw_texts, tmp_path):
     path = tmp_path / "splitter.json"
     splitter.save(path)
@@ -193,6 +200,7 @@ def test_json_round_trip_splits_identically(splitter, bbc_texts, imdb_raw_texts,
     assert [loaded.split(t) for t in texts] == [splitter.split(t) for t in texts]
 
 
+@pytest.mark.real_data
 def test_json_holds_parameters_and_counts(splitter):
     data = splitter.to_json()
     assert data["origin"] == "trained"
@@ -201,6 +209,7 @@ def test_json_holds_parameters_and_counts(splitter):
         assert data["counts"][field] == len(data[field])
 
 
+@pytest.mark.real_data
 def test_splitting_does_not_change_the_parameters(bbc_texts):
     # NLTK's ortho_context is a defaultdict: each lookup of an unseen word would store it.
     fresh = SentenceSplitter.train(bbc_texts[:50], EXTRA_ABBREVIATIONS)
@@ -211,6 +220,7 @@ def test_splitting_does_not_change_the_parameters(bbc_texts):
     assert len(fresh.params.ortho_context) == size
 
 
+@pytest.mark.real_data
 def test_corrupt_json_is_refused(splitter, tmp_path):
     data = splitter.to_json()
     with pytest.raises(ValueError, match="format"):
@@ -242,6 +252,7 @@ def test_installed_is_none_without_punkt_data(no_network, no_nltk_data):
     assert SentenceSplitter.installed(EXTRA_ABBREVIATIONS) is None
 
 
+@pytest.mark.real_data
 def test_installed_loads_punkt_tab_files(no_network, no_nltk_data, splitter):
     """A punkt_tab/english directory (as nltk.download would install it) is used, plus the extras."""
     model = no_nltk_data / "tokenizers" / "punkt_tab" / "english"
@@ -298,6 +309,7 @@ TRICKY_SENTENCES = [
 ]
 
 
+@pytest.mark.real_data
 def test_tokenizers_match_nltk_on_real_and_tricky_text(splitter, bbc_texts, imdb_raw_texts):
     """Our untimed rules give exactly NLTK's tokens."""
     sentences = [s for t in bbc_texts + [normalize_text(t, "NFKC") for t in imdb_raw_texts] for s in splitter.split(t)]
@@ -326,6 +338,7 @@ def processor(splitter) -> TextProcessor:
     return TextProcessor(splitter, WordTokenizer("treebank", lowercase=True), "NFKC")
 
 
+@pytest.mark.real_data
 def test_process_gives_lowercased_sentences_of_tokens(processor):
     raw = "He met Dr. Smith yesterday.<br /><br />The U.S. economy grew fast!"
     assert processor.process(raw) == [
@@ -336,6 +349,7 @@ def test_process_gives_lowercased_sentences_of_tokens(processor):
     assert processor.process("<br /><br />  <br />") == []
 
 
+@pytest.mark.real_data
 def test_sentences_align_with_tokens(processor, imdb_raw_texts):
     for raw in imdb_raw_texts[:50]:
         sentences, tokens = processor.sentences_and_tokens(raw)
@@ -344,6 +358,7 @@ def test_sentences_align_with_tokens(processor, imdb_raw_texts):
         assert tokens == [processor.tokenizer.tokenize(s) for s in sentences]
 
 
+@pytest.mark.real_data
 def test_processor_json_round_trip(processor, imdb_raw_texts, tmp_path):
     path = tmp_path / "text_processor.json"
     processor.save(path)
@@ -354,6 +369,7 @@ def test_processor_json_round_trip(processor, imdb_raw_texts, tmp_path):
         TextProcessor.from_json(processor.splitter.to_json())
 
 
+@pytest.mark.real_data
 def test_processor_pickles_for_worker_processes(processor, imdb_raw_texts):
     copy = pickle.loads(pickle.dumps(processor))
     assert copy.to_json() == processor.to_json()
@@ -361,6 +377,7 @@ def test_processor_pickles_for_worker_processes(processor, imdb_raw_texts):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_treebank_tokenizer_is_nltks_rules_several_times_faster(shared_data, splitter):
     """Same tokens as NLTK's TreebankWordTokenizer on 1,000 IMDB reviews, >= 2x its speed in the
     same process (measured 3.1-3.3x here: untimed regexes and rule triggers, see pipeline/text.py).
