@@ -18,7 +18,7 @@ STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-groups lint ui clean
+.PHONY: help install data config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-groups lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -31,6 +31,13 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 install: $(STAMP) ## create or refresh .venv from requirements.txt (every target does this first)
+
+data: $(STAMP) ## fetch BBC and IMDB into data/ (HAN_DATA_DIR), checking sha256 (DATASETS=bbc to pick, FORCE=1 to replace)
+	$(PY) -m pipeline.data.fetch --datasets $(DATASETS) $(if $(FORCE),--force)
+
+config: $(STAMP) ## inspect DATA=path (csv, jsonl, parquet, class folders, archive) and write configs/NAME.yaml for it (FORCE=1)
+	@test -n "$(DATA)" || { echo "usage: make config DATA=path/to/data.csv [NAME=name] [FORCE=1]  (docs/own-data.md)"; exit 2; }
+	$(PY) -m pipeline init-config "$(DATA)" $(if $(NAME),--name "$(NAME)") $(if $(FORCE),--force)
 
 pipeline: $(STAMP) ## the main job: preprocess -> train -> evaluate -> promote -> explain on CONFIG (default: demo corpus)
 	$(PY) -m pipeline run $(STAGE_ARGS)
@@ -55,7 +62,7 @@ explain: $(STAMP) ## write attention explanations, the HTML report and faithfuln
 predict: $(STAMP) ## classify TEXT="..." with the trained model of CONFIG
 	$(PY) -m pipeline predict $(STAGE_ARGS) --explain "$(TEXT)"
 
-serve: $(STAMP) ## serve models:/han-classifier@champion over REST on 127.0.0.1 (SET="serve.port=8080")
+serve: $(STAMP) ## serve the champion of CONFIG (models:/han-<name>@champion) over REST on 127.0.0.1 (SET="serve.port=8080")
 	$(PY) -m pipeline serve $(STAGE_ARGS)
 
 sweep: $(STAMP) ## train every combination of GRID="train.learning_rate=0.001,0.002 model.dropout=0.1,0.3" (SEEDS=42,1), ranked on validation
@@ -92,5 +99,5 @@ ui: $(STAMP) ## the MLflow UI on 127.0.0.1 (PORT=5000) over the same tracking st
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(PORT) --backend-store-uri "$$uri" --workers 1
 
 clean: ## remove artifacts, the local MLflow store and caches (keeps .venv)
-	rm -rf artifacts mlflow.db mlruns .pytest_cache .ruff_cache
+	rm -rf artifacts mlflow.db mlartifacts mlruns .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -285,11 +285,25 @@ def _plan_tree(names: list[str]) -> tuple[list[_TreeDocument], list[str]]:
 # ------------------------------------------------------------------------- tables
 
 
-def _read_tables(config: DataConfig, path: Path, report: ReadReport) -> Iterator[RawDocument | Rejected]:
+def read_records(
+    config: DataConfig, path: Path, report: ReadReport | None = None
+) -> Iterator[dict[str, Any] | Rejected]:
+    """Every csv/jsonl/parquet record under ``path`` with all its fields, as read, before ``data.*_field`` pick any.
+
+    For looking at a table whose columns are not known yet (``pipeline.data.inspect``): the field
+    names in ``config`` are neither checked nor used; rows that cannot be parsed are ``Rejected``
+    exactly as in ``read_documents``.
+    """
+    return _read_tables(config, Path(path), report if report is not None else ReadReport(), whole=True)
+
+
+def _read_tables(
+    config: DataConfig, path: Path, report: ReadReport, whole: bool = False
+) -> Iterator[RawDocument | Rejected | dict[str, Any]]:
     read_table = {"csv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet}[config.format]
     for file in _table_files(config, path, report):
         report.files_read += 1
-        yield from read_table(file, config, report)
+        yield from read_table(file, config, report, whole)
 
 
 def _table_files(config: DataConfig, path: Path, report: ReadReport) -> list[Path]:
@@ -320,7 +334,7 @@ def _check_columns(columns: list[str], config: DataConfig, file: Path) -> None:
             )
 
 
-def _read_csv(file: Path, config: DataConfig, report: ReadReport) -> Iterator[RawDocument | Rejected]:
+def _read_csv(file: Path, config: DataConfig, report: ReadReport, whole: bool) -> Iterator[Any]:
     # csv refuses fields over its (process-wide) limit, 128 KiB by default. Let any field up to
     # data.max_chars through, so that a long document is judged by validation (TOO_LARGE) with its
     # id and label; set, not just raised, so that the outcome does not depend on earlier reads.
@@ -334,7 +348,8 @@ def _read_csv(file: Path, config: DataConfig, report: ReadReport) -> Iterator[Ra
             return
         except csv.Error as err:
             raise ValueError(f"{file}: line 1: cannot parse the header row ({err})") from None
-        _check_columns(header, config, file)
+        if not whole:
+            _check_columns(header, config, file)
         report.decode_error_bytes += lines.invalid_bytes
         row_no = 0
         while True:
@@ -364,7 +379,8 @@ def _read_csv(file: Path, config: DataConfig, report: ReadReport) -> Iterator[Ra
                     f"line {first_line}: expected {len(header)} fields as in the header, found {len(row)}",
                 )
             else:
-                yield _make_document(dict(zip(header, row, strict=True)), source, config, invalid, report)
+                record = dict(zip(header, row, strict=True))
+                yield record if whole else _make_document(record, source, config, invalid, report)
 
 
 def _csv_error(source: str, error: csv.Error, first_line: int, last_line: int, config: DataConfig) -> Rejected:
@@ -379,7 +395,7 @@ def _csv_error(source: str, error: csv.Error, first_line: int, last_line: int, c
     return Rejected(source, UNPARSABLE, f"{lines}: malformed CSV ({error})")
 
 
-def _read_jsonl(file: Path, config: DataConfig, report: ReadReport) -> Iterator[RawDocument | Rejected]:
+def _read_jsonl(file: Path, config: DataConfig, report: ReadReport, whole: bool) -> Iterator[Any]:
     with file.open("rb") as binary:
         lines = _DecodedLines(binary, file, config)
         invalid_before = 0
@@ -403,10 +419,10 @@ def _read_jsonl(file: Path, config: DataConfig, report: ReadReport) -> Iterator[
                     source, UNPARSABLE, f"line {lines.line_no}: expected a JSON object, found {type(record).__name__}"
                 )
                 continue
-            yield _make_document(record, source, config, invalid, report)
+            yield record if whole else _make_document(record, source, config, invalid, report)
 
 
-def _read_parquet(file: Path, config: DataConfig, report: ReadReport) -> Iterator[RawDocument | Rejected]:
+def _read_parquet(file: Path, config: DataConfig, report: ReadReport, whole: bool) -> Iterator[Any]:
     import pyarrow
     import pyarrow.parquet as pq
 
@@ -415,14 +431,15 @@ def _read_parquet(file: Path, config: DataConfig, report: ReadReport) -> Iterato
     except (pyarrow.ArrowException, OSError) as err:
         raise ValueError(f"{file}: not a readable Parquet file ({err})") from None
     columns = table.schema_arrow.names
-    _check_columns(columns, config, file)
+    if not whole:
+        _check_columns(columns, config, file)
     wanted = [config.text_field, config.label_field, config.id_field, config.split_field]
-    selected = [name for name in dict.fromkeys(wanted) if name is not None and name in columns]
+    selected = None if whole else [name for name in dict.fromkeys(wanted) if name is not None and name in columns]
     row_no = 0
     for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=selected):
         for record in batch.to_pylist():
             row_no += 1
-            yield _make_document(record, f"{file}:row {row_no}", config, 0, report)
+            yield record if whole else _make_document(record, f"{file}:row {row_no}", config, 0, report)
 
 
 # ------------------------------------------------------------------------- one record
