@@ -6,20 +6,27 @@ One explanation record per document (what the explain stage writes to ``explanat
      "confidence": float, "correct": bool | None, "truncated": bool,
      "sentences": [{"text": str, "weight": float, "words": [[token, weight], ...]}, ...]}
 
-Sentence weights of a document sum to 1, word weights of a sentence sum to 1.
+A sentence's ``text`` is the sentence as written (after the preprocessing's whitespace and markup
+clean-up); ``words`` are the model's tokens (lowercased, split). Sentence weights of a document sum
+to 1, word weights of a sentence sum to 1.
 
 The page is opened offline from the MLflow UI's artifact viewer (a sandboxed iframe), so it has no
-external resources at all: inline CSS and a few lines of vanilla JavaScript for the filters. Every
-sentence of every document is in the HTML itself (nothing is loaded later), and the page reads
-fine with scripts off; the filters only hide documents. Reports can hold thousands of documents,
-so each word costs one ``<span>`` with a single custom property (its shade) and a tooltip.
+external resources at all: inline CSS, a few lines of vanilla JavaScript for the filters, and the
+stages' plots as ``data:`` URIs. Every sentence of every document is in the HTML itself (nothing is
+loaded later), and the page reads fine with scripts off (the filters and the token toggle need them). Reports
+can hold thousands of documents, so each word costs one ``<span>`` with a single custom property
+(its shade) and a tooltip, the token rows are not displayed until asked for, and the browser skips
+laying out documents that are off screen (``content-visibility``).
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import math
+import struct
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +36,16 @@ body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;color:#222;max-width:75em}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}
 [hidden]{display:none!important}
 .counts,.legend{color:#444}.notes li{margin:.15em 0}
+.toc{background:#f7f7f7;border:1px solid #ddd;border-radius:5px;padding:.4em .8em;display:inline-block}
+.toc ol{margin:.2em 0;padding-left:1.6em}.toc li{margin:.1em 0}
+.figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
+.figs figure{margin:0;max-width:100%}.figs img{display:block;width:100%;height:auto}
+.figs figcaption{font-size:.85em;color:#555;margin-top:.2em}
 .filters{position:sticky;top:0;background:#f7f7f7;border:1px solid #ddd;padding:.5em .7em;display:flex;gap:1.2em;
  flex-wrap:wrap;align-items:center;z-index:1}
 #f-count{font-weight:600}
-.doc{border:1px solid #ddd;border-left:4px solid #5cb85c;border-radius:5px;margin:.9em 0;padding:.5em .8em}
+.doc{border:1px solid #ddd;border-left:4px solid #5cb85c;border-radius:5px;margin:.9em 0;padding:.5em .8em;
+ content-visibility:auto;contain-intrinsic-size:auto 20em;scroll-margin-top:4em}
 .doc.wrong{border-left-color:#d9534f}.doc.unknown{border-left-color:#aaa}
 .head{display:flex;gap:1em;flex-wrap:wrap;align-items:baseline}
 .badge{padding:0 .45em;border-radius:3px;font-size:.8em;color:#fff;background:#5cb85c}
@@ -45,8 +58,9 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}
 .sb{flex:0 0 3em;height:1.1em;margin-top:.15em;border-radius:2px;
  background:linear-gradient(90deg,#c9302c calc(var(--w)*100%),#f1dede 0)}
 .sn{flex:0 0 3.2em;font-size:.8em;color:#666;text-align:right;padding-top:.1em}
-.c{flex:1}.t{--a:0}.t span{background:rgba(31,100,224,var(--a));border-radius:2px}
-.raw{display:none;color:#666;font-size:.85em}.showraw .raw{display:block}
+.c{flex:1}.t{--a:0;display:none}.t span{background:rgba(31,100,224,var(--a));border-radius:2px}
+.showtokens .t{display:block}.showtokens .o{display:block;color:#666;font-size:.85em}
+.summary table{width:100%;border-collapse:collapse}.summary td:nth-child(3){width:33%}
 .summary td,.summary th{border-bottom:1px solid #eee;padding:.2em .6em;text-align:left;vertical-align:top}
 .summary ol{margin:0;padding-left:1.4em}
 """
@@ -68,8 +82,9 @@ function apply(){
  $('f-count').textContent=shown+' of '+docs.length+' documents shown';
 }
 [p,t,c,m].forEach(function(e){e.addEventListener('input',apply);e.addEventListener('change',apply);});
-$('f-raw').addEventListener('change',function(){document.body.classList.toggle('showraw',this.checked);});
-apply();
+var k=$('f-tokens');function tokens(){document.body.classList.toggle('showtokens',k.checked);}
+k.addEventListener('change',tokens);
+tokens();apply();
 })();
 """
 
@@ -188,11 +203,12 @@ def _probabilities(explanation: dict[str, Any], labels: list[str]) -> str:
 
 
 def _sentence(sentence: dict[str, Any], top_shade: float, top_weight: float) -> str:
-    """A row: the red weight bar (length relative to the document's top sentence), the weight, the shaded words.
+    """A row: the red weight bar (length relative to the document's top sentence), the weight, the sentence.
 
-    A word's tooltip is its weight within the sentence; words whose shade rounds to 0 carry no
-    style at all. The original sentence text follows, shown by the 'original sentences' toggle
-    (tokens are lowercased and split; the text is what a reader recognises).
+    The sentence as written is what a reader recognises, so it is what shows; the model's tokens
+    shaded by word attention come before it, displayed only with the 'tokens with word attention'
+    toggle (the text then stays below them, smaller). A word's tooltip is its weight within the
+    sentence; words whose shade rounds to 0 carry no style at all.
     """
     weight = float(sentence["weight"])
     words = []
@@ -202,7 +218,7 @@ def _sentence(sentence: dict[str, Any], top_shade: float, top_weight: float) -> 
         words.append(f'<span{style} title="{float(word_weight):.3f}">{_esc(token)}</span>')
     return (f'<div class="s"><span class="sb" style="--w:{_fraction(weight / top_weight)}"></span>'
             f'<span class="sn">{weight:.3f}</span><div class="c"><span class="t">{" ".join(words)}</span>'
-            f'<span class="raw">{_esc(sentence["text"])}</span></div></div>')
+            f'<span class="o">{_esc(sentence["text"])}</span></div></div>')
 
 
 def _document(index: int, explanation: dict[str, Any], labels: list[str]) -> str:
@@ -242,16 +258,17 @@ def _filters(classes: list[str], true_labels: list[str], documents: int) -> str:
         '<option value="false">incorrect</option></select></label>'
         '<label>confidence ≥ <input id="f-confidence" type="range" min="0" max="1" step="0.01" value="0"> '
         '<span id="f-confidence-value">0.00</span></label>'
-        '<label><input id="f-raw" type="checkbox"> original sentences</label>'
+        '<label><input id="f-tokens" type="checkbox"> show tokens with word attention</label>'
         f'<span id="f-count">{documents} of {documents} documents shown</span></div>'
     )
 
 
 def _summary_section(summary: dict[str, Any], anchors: dict[str, int]) -> str:
     """Per class: top words with their attention mass, top sentences linking to their document when it is shown."""
-    rows = ['<section class="summary"><h2>What each class attends to</h2><table><tr><th>class</th><th>documents</th>'
-            "<th>words with the most attention mass (occurrences)</th><th>highest-weighted sentences</th></tr>"]
-    for label, info in summary.items():
+    rows = ['<section class="summary" id="summary"><h2>What each class attends to</h2><table><tr><th>class</th>'
+            "<th>documents</th><th>words with the most attention mass (occurrences)</th>"
+            "<th>highest-weighted sentences</th></tr>"]
+    for index, (label, info) in enumerate(summary.items()):
         words = ", ".join(f'{_esc(w["word"])} <small>{float(w["mass"]):.2f} ({w["count"]})</small>'
                           for w in info["top_words"])
         items = []
@@ -260,16 +277,60 @@ def _summary_section(summary: dict[str, Any], anchors: dict[str, int]) -> str:
             if str(s["id"]) in anchors:
                 doc = f'<a href="#doc-{anchors[str(s["id"])]}">{doc}</a>'
             items.append(f"<li>{float(s['weight']):.3f} {_esc(s['text'])} <small>({doc})</small></li>")
-        rows.append(f"<tr><td><b>{_esc(label)}</b></td><td>{int(info['documents']):,}</td><td>{words}</td>"
-                    f"<td><ol>{''.join(items)}</ol></td></tr>")
+        rows.append(f'<tr id="summary-{index}"><td><b>{_esc(label)}</b></td><td>{int(info["documents"]):,}</td>'
+                    f"<td>{words}</td><td><ol>{''.join(items)}</ol></td></tr>")
     rows.append("</table></section>")
     return "".join(rows)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Plots are drawn at 110-120 dpi; shown at 2/3 of their pixel size they read at a normal text size
+# on an ordinary screen and stay sharp on a high-density one.
+_FIGURE_SCALE = 2 / 3
+
+
+def _png(path: str | Path) -> bytes | None:
+    """The file's bytes when it is a PNG, else None: a missing or broken plot is left out, never a broken image."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return data if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" else None
+
+
+def _figures_section(figures: list[tuple[str, bytes]]) -> str:
+    """The plots as inline ``data:`` images with their captions; width and height reserve their space up front."""
+    items = []
+    for caption, data in figures:
+        width, height = (round(n * _FIGURE_SCALE) for n in struct.unpack(">II", data[16:24]))  # PNG's IHDR chunk
+        source = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        items.append(f'<figure style="width:{width}px"><img src="{source}" alt="{_esc(caption)}" width="{width}" '
+                     f'height="{height}"><figcaption>{_esc(caption)}</figcaption></figure>')
+    return '<section id="plots"><h2>Plots</h2><div class="figs">' + "".join(items) + "</div></section>"
+
+
+def _contents(has_plots: bool, summary: dict[str, Any] | None, documents: int) -> str:
+    """The table of contents: links to the plots, the per-class summary (and each class's row), the documents."""
+    items = []
+    if has_plots:
+        items.append('<li><a href="#plots">Plots</a></li>')
+    if summary:
+        classes = " · ".join(f'<a href="#summary-{i}">{_esc(label)}</a>' for i, label in enumerate(summary))
+        items.append(f'<li><a href="#summary">What each class attends to</a>: {classes}</li>')
+    items.append(f'<li><a href="#documents">Documents</a> ({documents:,})</li>')
+    return '<nav class="toc"><b>Contents</b><ol>' + "".join(items) + "</ol></nav>"
+
+
 # --------------------------------------------------------------------------- the page
 def render_html(explanations: list[dict[str, Any]], labels: list[str], *, title: str,
-                summary: dict[str, Any] | None = None, notes: list[str] | None = None) -> str:
-    """The whole report as one HTML5 string: title, notes and counts, filters, every document, the class summary."""
+                summary: dict[str, Any] | None = None, notes: list[str] | None = None,
+                figures: Sequence[tuple[str, str | Path]] = ()) -> str:
+    """The whole report as one HTML5 string: title, notes and counts, contents, plots, the class summary, filters
+    and every document.
+
+    ``figures``: ``(caption, PNG path)`` pairs, embedded in the page; those whose file is missing
+    (say, no evaluate stage before an explain of given texts) are left out.
+    """
     classes = _class_order(explanations, labels)
     true_values = {e.get("label") for e in explanations}
     true_labels = [label for label in labels if label in true_values]
@@ -285,17 +346,23 @@ def render_html(explanations: list[dict[str, Any]], labels: list[str], *, title:
     ]
     if notes:
         parts.append('<ul class="notes">' + "".join(f"<li>{_esc(note)}</li>" for note in notes) + "</ul>")
-    parts += [
-        _counts(explanations, classes),
-        '<p class="legend">Each row is a sentence: the red bar is its attention weight (length relative to the '
-        "document's top sentence; the number is the weight). Words are shaded by √(sentence weight) × word weight "
-        "(Yang et al., 2016), scaled to the document's darkest word; hover a word for its weight in its sentence.</p>",
-        _filters(classes, true_labels, len(explanations)),
-        *(_document(i, e, labels) for i, e in enumerate(explanations)),
-    ]
+    plots = [(caption, data) for caption, path in figures if (data := _png(path)) is not None]
+    parts += [_counts(explanations, classes), _contents(bool(plots), summary, len(explanations))]
+    if plots:
+        parts.append(_figures_section(plots))
     if summary:
         parts.append(_summary_section(summary, anchors))
-    parts += [f"<script>{_JS}</script>", "</body></html>"]
+    parts += [
+        '<section id="documents"><h2>Documents</h2>',
+        '<p class="legend">Each row is a sentence as written; the red bar is its attention weight (length relative to '
+        "the document's top sentence; the number is the weight). <i>Show tokens with word attention</i> adds the "
+        "model's tokens above each sentence, shaded by √(sentence weight) × word weight (Yang et al., 2016) and "
+        "scaled to the document's darkest word; hover a token for its weight in its sentence.</p>",
+        _filters(classes, true_labels, len(explanations)),
+        *(_document(i, e, labels) for i, e in enumerate(explanations)),
+        "</section>",
+        f"<script>{_JS}</script>", "</body></html>",
+    ]
     return "\n".join(parts)
 
 

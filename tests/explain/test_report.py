@@ -1,17 +1,21 @@
-"""The HTML report: well-formed, every sentence present and escaped, working filters, offline; the class summary."""
+"""The HTML report: well-formed, every sentence present and escaped, working filters, offline; the class summary,
+the embedded plots, the table of contents, original sentences shown and tokens on request."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
 import re
 import shutil
+import struct
 import subprocess
 from html.parser import HTMLParser
 
 import pytest
 
+from pipeline.metrics import write_confusion_matrix
 from pipeline.report import class_summary, render_html, shade, write_report
 
 VOID = {"meta", "input", "br", "img", "link", "hr", "wbr"}
@@ -144,12 +148,20 @@ def test_filters_work_when_the_script_runs():
     harness = """
 const docs = DATA.map(d => ({dataset: d, hidden: false}));
 const els = {};
-for (const id of ['f-predicted', 'f-true', 'f-correct', 'f-confidence', 'f-confidence-value', 'f-count', 'f-raw'])
-  els[id] = {id, value: '', selectedIndex: 0, textContent: '', on: {}, addEventListener(t, f) { this.on[t] = f; }};
+for (const id of ['f-predicted', 'f-true', 'f-correct', 'f-confidence', 'f-confidence-value', 'f-count', 'f-tokens'])
+  els[id] = {id, value: '', selectedIndex: 0, textContent: '', checked: false, on: {},
+             addEventListener(t, f) { this.on[t] = f; }};
 els['f-confidence'].value = '0';
+const classes = new Set();
 globalThis.document = {getElementById: id => els[id], querySelectorAll: () => docs,
-                       body: {classList: {toggle() {}}}};
+                       body: {classList: {toggle(name, on) { if (on) classes.add(name); else classes.delete(name); }}}};
 SCRIPT
+const tokens = [[...classes]];
+for (const checked of [true, false]) {
+  els['f-tokens'].checked = checked;
+  els['f-tokens'].on.change.call(els['f-tokens']);
+  tokens.push([...classes]);
+}
 const out = [];
 function set(id, index, value) {
   Object.assign(els[id], {selectedIndex: index, value});
@@ -163,10 +175,12 @@ set('f-correct', 0, 'all');
 set('f-true', 3, '');
 set('f-true', 0, 'all');
 set('f-confidence', 0, '0.7');
-console.log(JSON.stringify(out));
+console.log(JSON.stringify({out, tokens}));
 """.replace("DATA", json.dumps(dataset)).replace("SCRIPT", parsed.script)
     run = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60, check=True)
-    states = json.loads(run.stdout)
+    result = json.loads(run.stdout)
+    assert result["tokens"] == [[], ["showtokens"], []]  # the token toggle: off on load, on, off again
+    states = result["out"]
     assert states == [
         ["2 of 4 documents shown", [True, True, False, False]],  # predicted a
         ["4 of 4 documents shown", [True, True, True, True]],
@@ -217,7 +231,166 @@ def test_summary_is_rendered_and_links_to_shown_documents(tmp_path):
     write_report(path, DOCS[1:], LABELS, title="t", summary=summary)  # d"1< summarised but not shown
     page = path.read_text(encoding="utf-8")
     parsed = parse(page)
-    links = [a["href"] for tag, a in parsed.elements if tag == "a"]
+    links = [a["href"] for tag, a in parsed.elements if tag == "a" and a["href"].startswith("#doc-")]
     assert links == ["#doc-0", "#doc-0"]  # d2's two sentences; d"1< has no anchor
     assert {link[1:] for link in links} <= set(parsed.ids())
     assert "goal" in "".join(parsed.text) and html.escape(NASTY) in page
+
+
+# --------------------------------------------------------------------------- plots, contents, sentences
+def confusion_png(tmp_path, name="cm.png"):
+    """A real plot, drawn the way the evaluate stage draws it."""
+    path = tmp_path / name
+    write_confusion_matrix([[3, 1], [0, 4]], LABELS, path, tmp_path / f"{name}.csv", title="t")
+    return path
+
+
+def images(parsed: Page) -> list[dict]:
+    return [attrs for tag, attrs in parsed.elements if tag == "img"]
+
+
+def test_plots_are_embedded_as_data_uris_and_missing_ones_left_out(tmp_path):
+    png = confusion_png(tmp_path)
+    not_png = tmp_path / "empty.png"
+    not_png.write_bytes(b"")  # a plot whose write was cut short
+    figures = [("gone <x>", tmp_path / "missing.png"), ("matrix <x>", png), ("cut", not_png)]
+    page = render_html(DOCS, LABELS, title="t", figures=figures)
+    parsed = parse(page)
+    [img] = images(parsed)
+    data = png.read_bytes()
+    assert img["src"] == "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    assert img["alt"] == "matrix <x>" and "matrix <x>" in "".join(parsed.text) and "<x>" not in page
+    width, height = struct.unpack(">II", data[16:24])
+    assert int(img["width"]) / int(img["height"]) == pytest.approx(width / height, rel=0.01)
+    assert parsed.ids()["plots"][0] == "section"
+    assert "gone" not in page and "cut" not in "".join(parsed.text)
+    # every resource is inline: the only src is the data URI
+    assert re.findall(r"\bsrc=\"([^\"]{0,22})", page) == ["data:image/png;base64,"]
+    assert "http://" not in page and "https://" not in page
+
+
+def test_without_plots_there_is_no_image_and_no_plots_section(tmp_path):
+    for figures in ((), [("gone", tmp_path / "missing.png")]):
+        page = render_html(DOCS, LABELS, title="t", figures=figures)
+        parsed = parse(page)
+        assert images(parsed) == [] and "plots" not in parsed.ids() and 'href="#plots"' not in page
+        assert not re.search(r"<img\b|\bsrc=", page)
+
+
+def test_contents_links_resolve_to_the_plots_the_summary_its_classes_and_the_documents(tmp_path):
+    page = render_html(DOCS, LABELS, title="t", summary=class_summary(DOCS, LABELS),
+                       figures=[("matrix", confusion_png(tmp_path))])
+    parsed = parse(page)
+    ids = parsed.ids()
+    contents = page.split('<nav class="toc">', 1)[1].split("</nav>", 1)[0]
+    assert page.index('<nav class="toc">') < page.index('id="plots"') < page.index('id="summary"') \
+        < page.index('id="documents"') < page.index('id="doc-0"')
+    targets = re.findall(r'href="#([^"]+)"', contents)
+    assert targets == ["plots", "summary", "summary-0", "summary-1", "documents"]
+    assert [ids[t][0] for t in targets] == ["section", "section", "tr", "tr", "section"]
+    labels_in_rows = [re.search(rf'id="{t}"><td><b>([^<]*)</b>', page).group(1) for t in targets[2:4]]
+    assert labels_in_rows == LABELS
+    every = {a["href"][1:] for tag, a in parsed.elements if tag == "a" and a.get("href", "").startswith("#")}
+    assert every <= set(ids)  # no link on the page points nowhere
+    bare = parse(render_html(DOCS, LABELS, title="t"))  # no summary, no plots: only the documents
+    assert [a["href"] for tag, a in bare.elements if tag == "a"] == ["#documents"]
+
+
+class Styled(Page):
+    """A Page that also keeps, for every element, its own selector keys and its ancestors' (outermost first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[set[str]] = []
+        self.placed: list[tuple[set[str], list[set[str]]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        keys = {tag, *(f".{c}" for c in (attrs.get("class") or "").split()), *(f"[{a}]" for a in attrs)}
+        self.placed.append((keys, list(self.keys)))
+        if tag not in VOID:
+            self.keys.append(keys)
+        super().handle_starttag(tag, attrs.items())
+
+    def handle_endtag(self, tag):
+        super().handle_endtag(tag)
+        self.keys.pop()
+
+    def having(self, cls: str) -> list[tuple[set[str], list[set[str]]]]:
+        return [(keys, above) for keys, above in self.placed if f".{cls}" in keys]
+
+
+def display_rules(page: str) -> list[tuple[list[set[str]], str, tuple]]:
+    """The page's CSS rules that set ``display``: (compound selectors, value, precedence), descendant selectors only."""
+    css = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    rules = []
+    for order, (selectors, body) in enumerate(re.findall(r"([^{}]+)\{([^}]*)\}", css)):
+        found = re.search(r"(?:^|;)\s*display\s*:\s*([^;!]+?)\s*(!important)?\s*(?:;|$)", body)
+        if not found:
+            continue
+        for selector in selectors.split(","):
+            parts = selector.split()
+            assert all(re.fullmatch(r"[a-z0-9]*(?:\.[\w-]+|\[[\w-]+\])*", p) for p in parts), \
+                f"this check only understands descendant selectors, not {selector!r}"
+            compounds = [set(re.findall(r"^[a-z][a-z0-9]*|\.[\w-]+|\[[\w-]+\]", p)) for p in parts]
+            classes = sum(len([k for k in c if k[0] in ".["]) for c in compounds)
+            tags = sum(len([k for k in c if k[0] not in ".["]) for c in compounds)
+            rules.append((compounds, found.group(1), (bool(found.group(2)), classes, tags, order)))
+    return rules
+
+
+def display(keys: set[str], above: list[set[str]], rules) -> str:
+    """The cascade's ``display`` for one element (the winner by importance, specificity and order)."""
+    def matches(compounds):
+        if not compounds[-1] <= keys:
+            return False
+        remaining = list(compounds[:-1])
+        for ancestor in reversed(above):
+            if remaining and remaining[-1] <= ancestor:
+                remaining.pop()
+        return not remaining
+    winners = sorted((precedence, value) for compounds, value, precedence in rules if matches(compounds))
+    return winners[-1][1] if winners else "initial"
+
+
+def shown(keys, above, rules, body_classes=()) -> bool:
+    above = [k | {f".{c}" for c in body_classes} if "body" in k else k for k in above]
+    chain = [(k, above[:i]) for i, k in enumerate(above)] + [(keys, above)]
+    return all(display(k, a, rules) != "none" for k, a in chain)
+
+
+def test_original_sentences_show_by_default_and_tokens_only_with_the_toggle():
+    page = render_html(DOCS, LABELS, title="t")
+    parsed = Styled()
+    parsed.feed(page)
+    rules = display_rules(page)
+    assert re.findall(r'<span class="o">([^<]*)</span>', page) == [
+        html.escape(s["text"]) for d in DOCS for s in d["sentences"]]
+    originals, tokens, bars = parsed.having("o"), parsed.having("t"), parsed.having("sb")
+    assert len(originals) == len(tokens) == len(bars) == 6
+    for keys, above in originals + bars:
+        assert shown(keys, above, rules) and shown(keys, above, rules, ["showtokens"])
+    for keys, above in tokens:
+        assert not shown(keys, above, rules) and shown(keys, above, rules, ["showtokens"])
+    toggle = parsed.ids()["f-tokens"][1]
+    assert toggle["type"] == "checkbox" and "checked" not in toggle
+    assert "show tokens with word attention" in "".join(parsed.text)
+
+
+def test_the_browser_shows_original_sentences_and_tokens_on_request(tmp_path):
+    """The same in a real browser: computed visibility before and after clicking the toggle."""
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if browser is None:
+        pytest.skip("no headless browser installed")
+    probe = """<script>
+function state(){return ['o','t','sb'].map(function(c){return document.querySelector('#doc-1 .'+c).checkVisibility();});}
+var before=state();document.getElementById('f-tokens').click();
+document.body.insertAdjacentHTML('beforeend','<pre id="pro'+'be">'+JSON.stringify([before,state()])+'</pre>');
+</script></body>"""
+    path = tmp_path / "report.html"
+    path.write_text(render_html(DOCS, LABELS, title="t").replace("</body>", probe), encoding="utf-8")
+    run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True)
+    before, after = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', run.stdout).group(1)))
+    assert before == [True, False, True]  # original text and weight bar; no tokens
+    assert after == [True, True, True]
