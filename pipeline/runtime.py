@@ -15,14 +15,27 @@ TensorFlow's threads allocate and free every step's tensors, and memory freed in
 is not reused by another's thread, so a process's peak grows with its threads. The cap applies to arenas made
 after it: set before TensorFlow starts its threads. Elsewhere than glibc it does nothing.
 ``malloc_trim_steps`` has the train stage call ``release_free_memory`` every N steps.
+
+``quiet_tensorflow_start`` (installed by ``pipeline/__init__.py``) sends what TensorFlow's C++ side
+prints while it loads and probes its devices to ``$HAN_ARTIFACTS_DIR/logs/tensorflow.log``: on a
+machine without a GPU that is the same CUDA-driver "errors" every time, written before Python could
+filter them (``TF_CPP_MIN_LOG_LEVEL`` does not reach them). A line there that looks like an error
+and is not one of those gets one line on the console pointing to the log; ``HAN_DEBUG=1`` leaves
+the console untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import os
+import re
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-from pipeline.config import RuntimeConfig
+from pipeline.config import RuntimeConfig, artifacts_root
 
 ENVIRONMENT = {"intra_op_threads": "TF_NUM_INTRAOP_THREADS", "inter_op_threads": "TF_NUM_INTEROP_THREADS"}
 
@@ -91,3 +104,111 @@ def _glibc():
     except OSError:
         return None
     return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
+# ------------------------------------------------------------------ TensorFlow's start-up output
+TENSORFLOW_LOG = "tensorflow.log"
+_ERROR_LINE = re.compile(r"^[EF]\d{4} |^Traceback |^\w+(Error|Exception)\b")
+# Printed at every start by builds that register their CUDA plugins twice, GPU or not.
+_ALWAYS_EXPECTED = re.compile(r"Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered")
+# Printed at every start where there is no GPU: the CUDA driver is probed and is not there.
+_EXPECTED_WITHOUT_GPU = re.compile(r"cuInit|CUDA_ERROR_NO_DEVICE|cuda_(driver|executor|platform|diagnostics)|"
+                                   r"cudart_stub|kernel driver does not appear to be running")
+
+
+def quiet_tensorflow_start() -> None:
+    """From now on, the first ``import tensorflow`` (by anyone: Keras, MLflow, a stage) writes its start-up output to the log."""
+    if os.environ.get("HAN_DEBUG") or "tensorflow" in sys.modules:
+        return
+    if not any(isinstance(finder, _TensorFlowStartFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _TensorFlowStartFinder())
+
+
+def has_gpu_device() -> bool:
+    """Whether the machine has an NVIDIA device file (``/dev/nvidia0``...): a GPU a driver serves."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def startup_errors(output: str, gpu: bool) -> list[str]:
+    """The lines of TensorFlow's start-up ``output`` that look like errors and are not the expected ones."""
+    return [line for line in output.splitlines()
+            if _ERROR_LINE.match(line) and not _ALWAYS_EXPECTED.search(line)
+            and (gpu or not _EXPECTED_WITHOUT_GPU.search(line))]
+
+
+class _TensorFlowStartFinder(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` with the other finders and wraps its loader in ``_QuietLoader``."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _QuietLoader(spec.loader)
+                return spec
+        return None
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__spec__.loader = module.__loader__ = self.loader  # TensorFlow sees its own loader
+        sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _TensorFlowStartFinder)]
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as `make` sets it: TensorFlow's INFO and WARNING lines off
+        with _start_output_to_log():
+            self.loader.exec_module(module)
+            # Probing the devices is when the CUDA driver is tried (cuInit); the runtime and its
+            # thread pools still start later, so apply_runtime's settings still apply.
+            module.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def _start_output_to_log():
+    """Point file descriptor 2 (C++ and Python stderr alike) at a temporary file, then keep what came in the log."""
+    with tempfile.TemporaryFile() as captured:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, AttributeError, ValueError):  # no stderr to redirect (e.g. a closed one)
+            yield
+            return
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            keep_start_output(captured.read().decode("utf-8", errors="replace"))
+
+
+def keep_start_output(output: str) -> None:
+    """Append TensorFlow's start-up ``output`` to the log; one console line when it holds an unexpected error."""
+    if not output.strip():
+        return
+    errors = startup_errors(output, has_gpu_device())
+    log = artifacts_root() / "logs" / TENSORFLOW_LOG
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as out:
+            out.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} pid {os.getpid()}: {' '.join(sys.argv)}\n"
+                      f"{output.rstrip()}\n")
+    except OSError:  # nowhere to keep it: the console gets the lines that matter after all
+        for line in errors:
+            print(line, file=sys.stderr)
+        return
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        print(f"tensorflow: an error while starting: {errors[0][:300]}{more}; TensorFlow's start-up output is in {log}",
+              file=sys.stderr, flush=True)

@@ -84,3 +84,27 @@ def test_artifacts_dir_follows_environment(monkeypatch, tmp_path: Path):
 def test_missing_config_file_is_clear(tmp_path: Path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_misspelt_key_gets_the_closest_key_of_its_section(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"train\.epoch: unknown key; did you mean train\.epochs\?"):
+        load_config(None, ["train.epoch=3"])
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  epoch: 3\nmodel:\n  word_attention:\n    scor: dot\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "train.epoch: unknown key; did you mean train.epochs?" in str(err.value)
+    assert "model.word_attention.scor: unknown key; did you mean model.word_attention.score?" in str(err.value)
+    with pytest.raises(ConfigError, match=r"train\.zzz: unknown key \(check the spelling"):  # nothing close
+        load_config(None, ["train.zzz=1"])
+
+
+def test_command_names_the_config_and_overrides_the_person_used():
+    assert load_config(PROJECT_ROOT / "configs" / "default.yaml").command("preprocess") == "make preprocess"
+    assert load_config(None).command("train") == "make train"
+    bbc = load_config(PROJECT_ROOT / "configs" / "bbc.yaml", ["seed=7", "train.epochs=3"])
+    assert bbc.command("train") == "make train CONFIG=configs/bbc.yaml SET='seed=7 train.epochs=3'"
+    assert bbc.command("preprocess", "--force") == (
+        "python -m pipeline preprocess --force --config configs/bbc.yaml --set seed=7 --set train.epochs=3")
+    assert bbc.model_copy().command("evaluate") == bbc.command("evaluate")
+    assert PipelineConfig().command("explain") == "make explain"  # not loaded from a file: no CONFIG to name
