@@ -128,10 +128,12 @@ def han_retrain():
     @task
     def promote(evaluated: dict[str, Any]) -> dict[str, Any]:
         from pipeline.stages import promote as stage
+        from pipeline.tracking import log_pipeline_summary
 
         config = _config()
         with _parent(config):
             result = stage.run(config)
+            log_pipeline_summary(config, ["evaluate", "promote"])  # the headline figures on the parent run
         decision = result.decision
         if decision["version"] != evaluated["version"]:
             raise RuntimeError(f"promote decided on version {decision['version']}, but evaluate scored "
@@ -143,12 +145,14 @@ def han_retrain():
     @task
     def explain(decision: dict[str, Any]) -> dict[str, Any]:
         from pipeline.stages import explain as stage
+        from pipeline.tracking import log_pipeline_summary
 
         config = _config()
         if not config.retrain.explain:
             return {"skipped": True}
         with _parent(config):
             result = stage.run(config)
+            log_pipeline_summary(config, ["explain"])
         return {"output_dir": str(result.output_dir), "version": decision["version"], "skipped": False}
 
     explain(promote(evaluate(train(preprocess()))))

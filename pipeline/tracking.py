@@ -6,16 +6,24 @@ seconds in all, not MLflow's default of minutes) so a server that dies mid-stage
 stage quickly. A process killed with its run open (``kill -9``, a lost server) cannot close
 that run; every run records its host and process, and the next stage started on that host
 marks runs whose process is gone as KILLED (``close_orphaned_runs``).
+
+Review: a stage's run spans the stage's work (``stage_run(started=...)``), the runs that read the
+preprocessed splits name them as datasets (``log_datasets``), and the parent run of a pipeline
+carries its headline figures (``log_pipeline_summary``). The project's experiments are marked as
+model training, and the links printed open the UI's model-training view (``run_url``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,12 @@ _PARAM_MAX = 500
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 PROBE_TIMEOUT_SECONDS = 5.0
+
+# MLflow's experiment type ("Machine learning" vs "GenAI apps & agents"), the tag its UI's selector writes.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI picks its view per browser (the sidebar's GenAI / Model training switch, GenAI until
+# changed), not from that tag; this query parameter of a link opens the model-training view.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -133,30 +147,58 @@ def close_orphaned_runs(mlflow, experiment_id: str) -> list[str]:
 
 
 def _use_experiment(mlflow, name: str, uri: str) -> None:
-    if mlflow.get_experiment_by_name(name) is None:
+    """Create the experiment when missing and make it current, marked as model training (new or not)."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
         try:
-            mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
+            mlflow.create_experiment(name, artifact_location=_artifact_root(uri),
+                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
         except Exception:  # created concurrently by another process: fine, use it
             if mlflow.get_experiment_by_name(name) is None:
                 raise
+    elif experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     mlflow.set_experiment(name)
+
+
+def _start_run(mlflow, experiment: str, run_name: str, nested: bool, tags: Mapping[str, str], started: float | None):
+    """``mlflow.start_run``, with the run's start time set to ``started`` (a ``time.perf_counter()``
+    reading) when given: the stage's work began then, before its run was opened."""
+    if started is None:
+        return mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags))
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    # What start_run does for a new run (parent tag, run name, source/user/git tags), with a start time.
+    parent = mlflow.active_run()
+    all_tags = {**tags, MLFLOW_RUN_NAME: run_name}
+    if parent is not None:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent.info.run_id
+    start_ms = int((time.time() - (time.perf_counter() - started)) * 1000)
+    experiment_id = (parent.info if parent is not None else mlflow.get_experiment_by_name(experiment)).experiment_id
+    created = mlflow.MlflowClient().create_run(experiment_id, start_time=start_ms, tags=resolve_tags(all_tags),
+                                               run_name=run_name)
+    return mlflow.start_run(run_id=created.info.run_id, nested=nested)
 
 
 @contextlib.contextmanager
 def stage_run(config: PipelineConfig, stage: str, extra_tags: Mapping[str, str] | None = None,
-              run_name: str | None = None) -> Iterator[Any]:
+              run_name: str | None = None, started: float | None = None) -> Iterator[Any]:
     """Open an MLflow run for one stage (named ``run_name``, default the stage), nested when a
     pipeline or sweep run is already active.
 
+    ``started``: the ``time.perf_counter()`` at which the stage's work began, when that was before
+    this run opens; the run's start time is set to it, so its duration is the stage's.
     Every config value is logged as a param, so a run can be reproduced from the UI alone.
     """
     mlflow = connect()
     parent = mlflow.active_run()
+    experiment = config.tracking.experiment or config.name
     if parent is None:
-        _use_experiment(mlflow, config.tracking.experiment or config.name, tracking_uri())
-        close_orphaned_runs(mlflow, mlflow.get_experiment_by_name(config.tracking.experiment or config.name).experiment_id)
+        _use_experiment(mlflow, experiment, tracking_uri())
+        close_orphaned_runs(mlflow, mlflow.get_experiment_by_name(experiment).experiment_id)
     tags = {"han.stage": stage, "han.pipeline": config.name, **_process_tags(), **(extra_tags or {})}
-    with mlflow.start_run(run_name=run_name or stage, nested=parent is not None, tags=tags) as run:
+    with _start_run(mlflow, experiment, run_name or stage, parent is not None, tags, started) as run:
         mlflow.log_params(flatten(config.to_dict()))
         yield run
 
@@ -173,9 +215,9 @@ def pipeline_run(config: PipelineConfig, stages: list[str]) -> Iterator[Any]:
         yield run
 
 
-def run_url(run: Any) -> str:
-    """Where a run is found in the MLflow UI started by ``make ui`` (default port)."""
-    return f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+def run_url(run: Any, base: str = "http://127.0.0.1:5000") -> str:
+    """Where a run is found, in the model-training view, in the MLflow UI of ``make ui`` (default port)."""
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?{MODEL_TRAINING_VIEW}"
 
 
 @contextlib.contextmanager
@@ -202,3 +244,85 @@ def scheduled_run(config: PipelineConfig, key: str, tags: Mapping[str, str]) -> 
     with mlflow.start_run(run_name=f"retrain-{config.name}", tags=all_tags) as run:
         mlflow.log_params(flatten(config.to_dict()))
         yield run
+
+
+def log_datasets(config: PipelineConfig, prep_dir: Path, splits: Sequence[str]) -> None:
+    """Name the preprocessed ``splits`` this stage read as the active run's datasets (context: the split).
+
+    Metadata only, no text is loaded: the digest is the preprocessing's fingerprint (a change of
+    data or preprocessing is a new digest), the source is ``data.path`` (the generator's settings
+    for the demo corpus), the profile the split's documents.
+    """
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from pipeline.artifacts import read_json, read_manifest
+
+    fingerprint = str((read_manifest(prep_dir) or {}).get("fingerprint"))
+    documents = read_json(prep_dir / "stats.json")["documents"]
+    path = config.resolved_data_path()
+    if path is None:
+        source = CodeDatasetSource({"generator": "pipeline.data.demo", "seed": str(config.seed),
+                                    **{k: str(v) for k, v in config.data.demo.model_dump().items()}})
+    else:
+        with warnings.catch_warnings():  # MLflow registers its local source for two schemes, and says so
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(str(path.resolve()))
+    schema = Schema([ColSpec(DataType.string, name) for name in ("id", "text", "label")])
+
+    class SplitDataset(MetaDataset):
+        def __init__(self, split: str) -> None:
+            self.documents = int(documents[split])
+            super().__init__(source, name=f"{config.name}-{split}", digest=fingerprint[:16], schema=schema)
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps({"documents": self.documents})}
+
+    mlflow.log_inputs([SplitDataset(split) for split in splits], contexts=list(splits), tags_list=[None] * len(splits))
+
+
+def log_pipeline_summary(config: PipelineConfig, stages: Sequence[str]) -> dict[str, float]:
+    """Put the headline figures of the pipeline's ``stages`` that have them on the active (parent) run.
+
+    From the stages' outputs: ``evaluate``: test accuracy and macro F1, the baseline's, the gate
+    (1 = passed), the model version; ``promote``: the verdict (tag, and ``promoted`` 1/0) and the
+    champion after it; ``explain``: the faithfulness figures, as the explain run names them. Only
+    the given stages are read, so a stage skipped in this pipeline run shows no stale figures.
+    Returns the metrics logged.
+    """
+    import mlflow
+
+    from pipeline.artifacts import read_json
+
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    if "evaluate" in stages:
+        evaluated = read_json(config.stage_dir("evaluate") / "metrics.json")
+        for prefix, scores in (("test", evaluated["model"]), ("baseline", evaluated.get("baseline"))):
+            if scores is not None:
+                metrics.update({f"{prefix}.accuracy": float(scores["accuracy"]),
+                                f"{prefix}.macro_f1": float(scores["macro_f1"])})
+        metrics["gate.passed"] = float(evaluated["gate"]["passed"])
+        trained = (evaluated.get("train") or {}).get("mlflow") or {}
+        tags.update({"han.registered_model": str(trained.get("registered_model")),
+                     "han.model_version": str(trained.get("registered_version"))})
+    if "promote" in stages:
+        decision = read_json(config.stage_dir("promote") / "decision.json")
+        metrics["promoted"] = float(decision["verdict"] == "promoted")
+        tags.update({"han.verdict": decision["verdict"], "han.registered_model": decision["registered_model"],
+                     "han.model_version": str(decision["version"]), "han.champion": str(decision["champion_after"])})
+    if "explain" in stages:
+        from pipeline.faithfulness import flat_metrics
+
+        faith = read_json(config.stage_dir("explain") / "faithfulness.json")
+        metrics.update(flat_metrics(faith))
+        if "evidence" in faith:
+            metrics["faithfulness.evidence_hit_rate"] = float(faith["evidence"]["hit_rate"])
+    if metrics:
+        mlflow.log_metrics(metrics)
+    if tags:
+        mlflow.set_tags(tags)
+    return metrics

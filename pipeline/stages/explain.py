@@ -6,7 +6,8 @@ Output: ``artifacts/<name>/explain/`` (or ``explain-input/`` for ``--file``/``--
 - ``explanations.jsonl``: one record per document (sentences, sentence weights, words with
   weights, predicted label, probabilities, true label when known), see ``pipeline.report``;
 - ``report.html``: one self-contained page with sentence and word heatmaps (the HAN paper's
-  figure) and filters for class, correct/incorrect and confidence;
+  figure), filters for class, correct/incorrect and confidence, and the plots: the evaluate stage's
+  (when it evaluated this model) and the faithfulness one;
 - ``class_summary.json``: per class, the words and sentences that get the most attention;
 - ``faithfulness.json`` / ``faithfulness.png`` (test split only): ERASER comprehensiveness and
   sufficiency of the top-k attention sentences against k random ones, and, on the demo corpus,
@@ -60,7 +61,11 @@ def probabilities_fn(infer, batch_size: int):
 
 def record(doc_id: str, label: str | None, labels: list[str], sentences: list[str], words: list[list[str]],
            outputs: dict[str, Any], truncated: bool) -> dict[str, Any]:
-    """One explanation record (the schema in ``pipeline.report``)."""
+    """One explanation record (the schema in ``pipeline.report``).
+
+    ``sentences`` are the sentences as written (what the report shows), ``words`` their tokens as
+    the model read them (what the weights are of).
+    """
     probabilities = outputs["probabilities"]
     predicted = labels[int(np.argmax(probabilities))]
     return {
@@ -98,6 +103,25 @@ def _report_selection(explanations: list[dict[str, Any]], limit: int) -> list[di
     return chosen
 
 
+def evaluate_figures(config: PipelineConfig) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The evaluate stage's plots for the report, and a note when they are left out for being another model's.
+
+    They are only shown when the evaluate stage scored the model that is explained now (its
+    manifest's ``train_fingerprint``); absent files are left out by the report itself.
+    """
+    evaluate_dir = config.stage_dir("evaluate")
+    evaluated = read_manifest(evaluate_dir)
+    if evaluated is None:
+        return [], []
+    trained = read_manifest(config.stage_dir("train")) or {}
+    if evaluated.get("train_fingerprint") != trained.get("fingerprint"):
+        return [], [f"the evaluate stage's plots are left out: they are of an earlier model; run `{config.command('evaluate')}`"]
+    return [("The HAN on the test split (evaluate stage): rows are the true class, columns the predicted one; "
+             "colour is the share of the true class.", evaluate_dir / "confusion_matrix.png"),
+            ("The TF-IDF + logistic regression baseline on the same documents and tokens.",
+             evaluate_dir / "baseline_confusion_matrix.png")], []
+
+
 def read_texts(text: str | None, file: str | None) -> tuple[list[str], list[str | None] | None]:
     """``--text`` or ``--file`` (``.jsonl``: one ``{"text", "label"?}`` per line; else one document)."""
     from pipeline.predict import read_inputs
@@ -131,7 +155,8 @@ def run(config: PipelineConfig, texts: list[str] | None = None, labels_given: li
     apply_runtime(config.runtime)
     train_dir = config.stage_dir("train")
     if read_manifest(train_dir) is None or not (train_dir / "bundle").is_dir():
-        raise ExplainError(f"no trained model in {train_dir}; run `make train CONFIG=...` (or `make pipeline`) first")
+        raise ExplainError(f"no trained model in {train_dir}; run `{config.command('train')}` "
+                           f"(or `{config.command('pipeline')}`) first")
     if texts is not None:
         return _explain_texts(config, texts, labels_given)
     return _explain_test_split(config)
@@ -157,12 +182,14 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
     if not explanations:
         raise ExplainError("none of the given texts could be explained: " + "; ".join(e["error"] for e in errors))
     summary = {"documents": len(explanations), "errors": errors, "labels": labels}
+    figures, figure_notes = evaluate_figures(config)
     out_dir = config.stage_dir("explain-input")
     with atomic_directory(out_dir) as staging:
         _write_jsonl(staging / "explanations.jsonl", explanations)
         summary["class_summary"] = class_summary(explanations, labels, config.explain.top_n)
         write_report(staging / "report.html", explanations, labels, title=f"{config.name}: attention for the given texts",
-                     summary=summary["class_summary"], notes=[f"{len(explanations)} documents"])
+                     summary=summary["class_summary"], notes=[f"{len(explanations)} documents", *figure_notes],
+                     figures=figures)
         write_json(staging / "summary.json", summary)
     _log(f"wrote {out_dir / 'report.html'} ({len(explanations)} documents)")
     return ExplainResult(out_dir, summary)
@@ -194,7 +221,7 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
         words = [processor.tokenizer.tokenize(s)[: limits["max_words"]] for s in sentences]
         if [len(w) for w in words] != [len(s) for s in doc]:
             raise ExplainError(f"test document {row['id']} re-tokenizes differently from preprocessing; "
-                               "preprocess again (`make preprocess --force`)")
+                               f"preprocess again (`{config.command('preprocess', '--force')}`)")
         truncated = len(row["sentences"]) > len(doc) or any(len(t) > len(w) for t, w in zip(
             (processor.tokenizer.tokenize(s) for s in sentences), words, strict=True))
         explanations.append(record(str(test.ids[i]), row["label"], labels, sentences, words, out, truncated))
@@ -246,18 +273,22 @@ def _write(config: PipelineConfig, explanations, labels, faith, started) -> Expl
     if len(selection) < len(explanations):
         notes.append(f"the report shows {len(selection):,} of {len(explanations):,} documents (misclassified first); "
                      "explanations.jsonl holds all")
+    figures, figure_notes = evaluate_figures(config)
     out_dir = config.stage_dir("explain")
     with atomic_directory(out_dir) as staging:
         _write_jsonl(staging / "explanations.jsonl", explanations)
+        plot_faithfulness(faith, staging / "faithfulness.png")
+        figures.append(("Comprehensiveness: the drop in the predicted class's probability when the k sentences "
+                        "with the most attention are removed; sufficiency: the drop when only they are kept. "
+                        "Grey: k random sentences.", staging / "faithfulness.png"))
         write_report(staging / "report.html", selection, labels, title=f"{config.name}: what the HAN attended to",
-                     summary=summary_by_class, notes=notes)
+                     summary=summary_by_class, notes=notes + figure_notes, figures=figures)
         write_json(staging / "class_summary.json", summary_by_class)
         write_json(staging / "faithfulness.json", faith)
-        plot_faithfulness(faith, staging / "faithfulness.png")
         write_json(staging / MANIFEST, {"stage": "explain", "stage_version": STAGE_VERSION,
                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "documents": len(explanations), "outputs": output_hashes(staging)})
-    with stage_run(config, "explain"):
+    with stage_run(config, "explain", started=started):
         metrics = flat_metrics(faith)
         if "evidence" in faith:
             metrics["faithfulness.evidence_hit_rate"] = float(faith["evidence"]["hit_rate"])
@@ -265,7 +296,9 @@ def _write(config: PipelineConfig, explanations, labels, faith, started) -> Expl
         for path in sorted(out_dir.iterdir()):
             if path.is_file():
                 mlflow.log_artifact(str(path), "explain")
-    _log(f"wrote {out_dir / 'report.html'} in {time.perf_counter() - started:.1f}s")
+    shown = "" if len(selection) == len(explanations) else \
+        f" ({len(selection):,} of the {len(explanations):,} documents, misclassified first; explanations.jsonl holds all)"
+    _log(f"wrote {out_dir / 'report.html'}{shown} in {time.perf_counter() - started:.1f}s")
     return ExplainResult(out_dir, {"documents": len(explanations), "faithfulness": faith, "notes": notes})
 
 

@@ -392,7 +392,7 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     previous = read_manifest(out_dir)
     if not force and previous and previous.get("fingerprint") == fingerprint and outputs_intact(out_dir, previous):
         _log(f"inputs and config unchanged since {previous.get('created')}; nothing to do ({out_dir})")
-        _track(config, out_dir, previous, cached=True)
+        _track(config, out_dir, previous, cached=True, started=started)
         return PreprocessResult(out_dir, previous, skipped=True)
 
     with atomic_directory(out_dir) as staging:
@@ -406,7 +406,7 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     limits = stats["limits"]
     _log(f"wrote {out_dir} in {stats['seconds']:.1f}s ({stats['documents_per_second']:,.0f} documents/s); "
          f"vocabulary {stats['vocabulary']['size']:,}, limits {limits['max_sentences']} sentences x {limits['max_words']} words")
-    _track(config, out_dir, manifest, cached=False)
+    _track(config, out_dir, manifest, cached=False, started=started)
     return PreprocessResult(out_dir, manifest, skipped=False)
 
 
@@ -473,7 +473,8 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
     counts = {"input": input_count, "kept": input_count - len(quarantined), "quarantined": len(quarantined),
               "by_reason": dict(sorted(by_reason.items()))}
     assert counts["input"] == counts["kept"] + counts["quarantined"] == sum(split_counts.values()) + len(quarantined)
-    _log(f"{counts['input']:,} input, {counts['kept']:,} kept, {counts['quarantined']:,} quarantined {counts['by_reason'] or ''}")
+    _log(f"{counts['input']:,} input = {counts['kept']:,} kept + {counts['quarantined']:,} quarantined"
+         + (f" {counts['by_reason']}" if counts["by_reason"] else ""))
     if quarantine_fraction > config.preprocess.max_quarantine_fraction:
         report = out_dir.parent / "preprocess-rejected.jsonl"
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -556,13 +557,14 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
     return manifest, stats
 
 
-def _track(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any], cached: bool) -> None:
-    """Log the stage to MLflow: counts and stats as metrics, stats and quarantine as artifacts."""
+def _track(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any], cached: bool, started: float) -> None:
+    """Log the stage to MLflow (a run from ``started``, the stage's ``time.perf_counter()`` start): counts
+    and stats as metrics, stats and quarantine as artifacts, the splits as datasets."""
     import mlflow
 
-    from pipeline.tracking import stage_run
+    from pipeline.tracking import log_datasets, stage_run
 
-    with stage_run(config, "preprocess", {"han.cached": str(cached).lower()}):
+    with stage_run(config, "preprocess", {"han.cached": str(cached).lower()}, started=started):
         counts = manifest["counts"]
         metrics = {f"counts.{k}": float(v) for k, v in counts.items() if isinstance(v, int)}
         metrics.update({f"quarantine.{k}": float(v) for k, v in counts.get("by_reason", {}).items()})
@@ -579,6 +581,7 @@ def _track(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any], cach
                 metrics[f"{split}.tokens_cut_fraction"] = float(info["truncation"]["tokens_cut_fraction"])
                 metrics[f"{split}.sentences_per_document.mean"] = float(info["sentences_per_document"].get("mean", 0.0))
             mlflow.log_artifact(str(stats_path), "preprocess")
+            log_datasets(config, out_dir, SPLITS)
         mlflow.log_metrics(metrics)
         for name in (MANIFEST, "quarantine.jsonl", "labels.json"):
             if (out_dir / name).is_file():

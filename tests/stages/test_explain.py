@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import html as html_text
 import json
+import shutil
 from html.parser import HTMLParser
 
 import mlflow
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.stages.explain import evaluate_figures
 from tests.stages.conftest import set_args
 
 
@@ -23,6 +27,10 @@ class _Text(HTMLParser):
 
 def _explanations(directory):
     return [json.loads(line) for line in (directory / "explanations.jsonl").read_text().splitlines()]
+
+
+def _data_uri(path):
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def test_every_test_document_is_explained_with_the_schema(workspace):
@@ -50,7 +58,42 @@ def test_report_holds_every_sentence_and_parses(workspace):
         for sentence in row["sentences"]:
             for token, _ in sentence["words"]:
                 assert token in text
+            assert f'<span class="o">{html_text.escape(sentence["text"])}</span>' in html  # the sentence as written
     assert "http://" not in html and "https://" not in html
+    evaluate = workspace.config.stage_dir("evaluate")
+    for plot in (evaluate / "confusion_matrix.png", evaluate / "baseline_confusion_matrix.png", out / "faithfulness.png"):
+        assert _data_uri(plot) in html
+    assert html.count("<img ") == 3 and 'href="#plots"' in html and 'href="#summary"' in html
+
+
+def test_records_carry_the_sentences_as_written(workspace):
+    prep = workspace.config.stage_dir("preprocess")
+    written = {row["id"]: row["sentences"] for row in map(json.loads, (prep / "test.documents.jsonl").read_text().splitlines())}
+    rows = _explanations(workspace.config.stage_dir("explain"))
+    for row in rows:
+        texts = [s["text"] for s in row["sentences"]]
+        assert texts == written[row["id"]][: len(texts)]
+    # the demo corpus' sentences start with a capital and end with a period; tokens are lowercased and split
+    first = rows[0]["sentences"][0]
+    assert first["text"][0].isupper() and first["text"] != " ".join(token for token, _ in first["words"])
+
+
+def test_evaluate_plots_of_another_model_are_left_out(workspace, tmp_path, monkeypatch):
+    config = workspace.config
+    copy = tmp_path / "artifacts" / config.name
+    shutil.copytree(config.stage_dir("evaluate"), copy / "evaluate")
+    (copy / "train").mkdir()
+    shutil.copy(config.stage_dir("train") / "manifest.json", copy / "train")
+    monkeypatch.setenv("HAN_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    figures, notes = evaluate_figures(workspace.config)
+    assert [path for _, path in figures] == [copy / "evaluate" / "confusion_matrix.png",
+                                            copy / "evaluate" / "baseline_confusion_matrix.png"] and notes == []
+    manifest = json.loads((copy / "evaluate" / "manifest.json").read_text())
+    (copy / "evaluate" / "manifest.json").write_text(json.dumps({**manifest, "train_fingerprint": "another model"}))
+    figures, notes = evaluate_figures(workspace.config)
+    assert figures == [] and "earlier model" in notes[0]
+    shutil.rmtree(copy / "evaluate")
+    assert evaluate_figures(workspace.config) == ([], [])  # no evaluate stage: no plots, nothing to say
 
 
 def test_faithfulness_and_evidence_are_measured_and_logged(workspace):
@@ -75,8 +118,12 @@ def test_explain_a_jsonl_file_and_a_text(workspace, tmp_path, capsys):
     rows = _explanations(out)
     assert len(rows) == 1 and rows[0]["label"] == "sport"
     assert json.loads((out / "summary.json").read_text())["errors"][0]["index"] == 1  # the blank one, with why
+    page = (out / "report.html").read_text()
+    assert _data_uri(workspace.config.stage_dir("evaluate") / "confusion_matrix.png") in page
+    assert page.count("<img ") == 2  # the evaluate stage's two; no faithfulness plot for given texts
+    assert "The team won the match." in page  # as written, shown by default
     assert main(["explain", *set_args(workspace.overrides), "--text", "One sentence here. And another."]) == 0
-    assert "report in" in capsys.readouterr().out
+    assert "explain-input/report.html" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": 3}\n')
     assert main(["explain", *set_args(workspace.overrides), "--file", str(bad)]) == 2
