@@ -35,9 +35,10 @@ EPILOG = textwrap.dedent(
       python -m pipeline preprocess --set preprocess.vocab.min_count=3 --set seed=7
       python -m pipeline train --set train.epochs=5 --set train.optimizer=sgd
       python -m pipeline predict --explain "Some text. Several sentences."
-      python -m pipeline predict --file doc.txt --model models:/han-classifier@champion
+      python -m pipeline predict --file doc.txt --model models:/han-demo@champion
       python -m pipeline serve --set serve.port=8080
       python -m pipeline sweep --config configs/bbc.yaml --grid model.dropout=0.2,0.3 --seeds 42,1
+      python -m pipeline init-config data/reviews.csv   # writes configs/reviews.yaml from the data
     """
 )
 
@@ -57,10 +58,7 @@ STAGE_HELP = {
 def cmd_preprocess(config: PipelineConfig, args: argparse.Namespace) -> int:
     from pipeline.stages import preprocess
 
-    result = preprocess.run(config, force=args.force)
-    counts = result.manifest["counts"]
-    print(f"preprocess: {counts['input']:,} input = {counts['kept']:,} kept + {counts['quarantined']:,} quarantined")
-    print(f"preprocess: outputs in {result.output_dir}")
+    preprocess.run(config, force=args.force)  # its lines (counts, outputs) went to stderr as it ran
     return 0
 
 
@@ -71,25 +69,17 @@ def cmd_train(config: PipelineConfig, args: argparse.Namespace) -> int:
     if not result.chief:
         print("train: this worker's part is done; the chief (worker 0) writes the model and logs to MLflow")
         return 0
-    manifest = result.manifest
-    tracked = manifest["mlflow"]
-    print(f"train: best epoch {manifest['best_epoch']} of {manifest['epochs_run']} "
-          f"({manifest['monitor']} {manifest['best_value']:.4f}){' (unchanged, not retrained)' if result.skipped else ''}")
-    print(f"train: model in {result.output_dir / 'model.keras'}; MLflow run {tracked['run_id']}, "
-          f"registered {tracked['registered_model']} version {tracked['registered_version']}")
+    tracked = result.manifest["mlflow"]
+    if not result.skipped:  # the stage said the best epoch and where the outputs are; a skip, why and which run
+        print(f"train: MLflow run {tracked['run_id']}, registered {tracked['registered_model']} "
+              f"version {tracked['registered_version']}")
     return 0
 
 
 def cmd_evaluate(config: PipelineConfig, args: argparse.Namespace) -> int:
     from pipeline.stages import evaluate
 
-    result = evaluate.run(config)
-    model, baseline = result.metrics["model"], result.metrics["baseline"]
-    line = f"evaluate: test accuracy {model['accuracy']:.4f}, macro F1 {model['macro_f1']:.4f}"
-    if baseline is not None:
-        line += f" (TF-IDF + LR baseline: {baseline['accuracy']:.4f}, {baseline['macro_f1']:.4f})"
-    print(line)
-    print(f"evaluate: gate {'passed' if result.passed else 'FAILED'}: " + "; ".join(result.metrics["gate"]["reasons"]))
+    result = evaluate.run(config)  # the stage said the metrics, the baseline's and the gate's verdict
     print(f"evaluate: metrics in {result.output_dir / 'metrics.json'}")
     return 0
 
@@ -97,11 +87,7 @@ def cmd_evaluate(config: PipelineConfig, args: argparse.Namespace) -> int:
 def cmd_promote(config: PipelineConfig, args: argparse.Namespace) -> int:
     from pipeline.stages import promote
 
-    result = promote.run(config)
-    decision = result.decision
-    print(f"promote: {decision['registered_model']} version {decision['version']}: {decision['verdict']}; "
-          f"champion {decision['champion_after'] or 'none'}, challenger {decision['challenger']}"
-          f"{' (already decided, nothing changed)' if result.skipped else ''}")
+    promote.run(config)  # the stage said the verdict, the champion and the challenger
     return 0
 
 
@@ -124,10 +110,7 @@ def cmd_explain(config: PipelineConfig, args: argparse.Namespace) -> int:
     texts = labels = None
     if getattr(args, "text", None) is not None or getattr(args, "file", None) is not None:
         texts, labels = explain.read_texts(getattr(args, "text", None), getattr(args, "file", None))
-    result = explain.run(config, texts, labels)
-    for note in result.summary.get("notes", []):
-        print(f"explain: {note}")
-    print(f"explain: report in {result.output_dir / 'report.html'}")
+    explain.run(config, texts, labels)  # the stage said the faithfulness figures and where the report is
     return 0
 
 
@@ -161,7 +144,7 @@ def cmd_sweep(config: PipelineConfig, args: argparse.Namespace) -> int:
 
 def cmd_run(config: PipelineConfig, args: argparse.Namespace) -> int:
     """preprocess -> train -> evaluate -> promote -> explain, nested under one MLflow pipeline run."""
-    from pipeline.tracking import pipeline_run, run_url
+    from pipeline.tracking import log_pipeline_summary, pipeline_run, run_url
 
     if config.train.distribute.strategy == "multi_worker":
         raise RuntimeError("`run` does every stage in one process, but train.distribute.strategy=multi_worker trains on "
@@ -172,6 +155,7 @@ def cmd_run(config: PipelineConfig, args: argparse.Namespace) -> int:
     with pipeline_run(config, stages) as run:
         for stage in stages:
             COMMANDS[stage](config, args)
+        log_pipeline_summary(config, stages)
     print(f"run: done. MLflow pipeline run {run.info.run_id} (experiment {config.tracking.experiment or config.name}).")
     print(f"run: to look at it, start `make ui` and open {run_url(run)}")
     return 0
@@ -216,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
             stage.add_argument("--explain", action="store_true", help="show the top sentences and their weights")
             stage.add_argument("--top", type=int, default=3, metavar="K", help="sentences shown with --explain (default 3)")
             stage.add_argument("--model", metavar="URI",
-                               help="an MLflow model URI, e.g. models:/han-classifier@champion "
+                               help="an MLflow model URI, e.g. models:/han-demo@champion "
                                     "(default: the model of the last train stage of --config)")
         if name == "sweep":
             stage.epilog = ("Needs the config's preprocessing (make preprocess). Each trial is a real train stage in this "
@@ -234,12 +218,43 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "serve":
             stage.add_argument("--print-command", action="store_true",
                                help="print the server command line (uvicorn) instead of running it")
+    init = sub.add_parser(
+        "init-config", help="inspect a dataset and write a starting config for it (configs/NAME.yaml)",
+        description=textwrap.dedent("""\
+            Look at the first 2,000 records of a dataset (csv, jsonl, parquet, a folder of
+            <label>/*.txt or a .zip/.tar.gz of one), guess the format and the text, label, id
+            and split fields, print what it found and what it doubts, and write a config with
+            only what differs from configs/default.yaml, plus the CPU settings of
+            configs/bbc.yaml. Check the printout and the file, then run the pipeline on it.
+            Refuses to overwrite an existing file without --force."""),
+        epilog="example:\n  python -m pipeline init-config data/reviews.csv\n"
+               "  make pipeline CONFIG=configs/reviews.yaml\n(make config DATA=data/reviews.csv does the first; "
+               "docs/own-data.md walks through it)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    init.add_argument("path", help="the data: a file, a folder or an archive (inside $HAN_DATA_DIR it is written as "
+                                   "${HAN_DATA_DIR}/...)")
+    init.add_argument("--name", help="the config's name, also its artifacts folder (default: from the file name)")
+    init.add_argument("--output", metavar="PATH", help="where to write the config (default: configs/NAME.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite the output file when it exists")
     return parser
+
+
+def cmd_init_config(args: argparse.Namespace) -> int:
+    from pipeline.data.inspect import render, write_config
+
+    found, output = write_config(args.path, name=args.name, output=args.output, force=args.force)
+    print(render(found))
+    shown = os.path.relpath(output) if not os.path.relpath(output).startswith("..") else str(output)
+    print(f"init-config: wrote {shown}; check it, then: make pipeline CONFIG={shown}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.stage == "init-config":  # writes a config; reads none
+            return cmd_init_config(args)
         config = load_config(args.config, args.overrides)
         apply_runtime(config.runtime)  # before TensorFlow starts: its thread pools are fixed then
         check_reachable(tracking_uri())  # a tracking server that is down fails the command now, not after the work

@@ -6,17 +6,20 @@ value fails with the file, the dotted key and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "default.yaml"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -282,7 +285,11 @@ class ExplainConfig(_Strict):
 
 class TrackingConfig(_Strict):
     experiment: str | None = None
-    registered_model: str = Field("han-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    registered_model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the registry entry of this pipeline's models (its own champion and challenger); null = han-<name>, "
+        "so each dataset has its own",
+    )
 
 
 class RetrainConfig(_Strict):
@@ -366,6 +373,14 @@ class PipelineConfig(_Strict):
                              "and _ . - (starting with a letter or digit, no '..', no '/'), e.g. name: bbc")
         return value
 
+    @model_validator(mode="after")
+    def _own_registered_model(self) -> PipelineConfig:
+        # One registered model per dataset unless a config names one: a champion trained on other
+        # labels must never be compared with, or served for, this pipeline's.
+        if self.tracking.registered_model is None:
+            self.tracking.registered_model = f"han-{self.name}"
+        return self
+
     # ----------------------------------------------------------------- derived values
     def resolved_data_path(self) -> Path | None:
         """``data.path`` with ``${VAR}`` expanded (``HAN_DATA_DIR`` defaults to ``data/``)."""
@@ -394,6 +409,31 @@ class PipelineConfig(_Strict):
         picked = {k: data[k] for k in sections} if sections else data
         blob = json.dumps(picked, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    # Where ``load_config`` read this config from, for messages that say what to run (not part of the config).
+    _source: Path | None = PrivateAttr(None)
+    _overrides: tuple[str, ...] = PrivateAttr(())
+
+    def command(self, stage: str, *flags: str) -> str:
+        """The command that runs ``stage`` on this config, for messages, e.g. ``make train CONFIG=configs/bbc.yaml``.
+
+        ``CONFIG=`` is left out for configs/default.yaml, ``SET=`` when no override was given. With
+        ``flags`` (``--force``), which make targets do not take, ``python -m pipeline <stage> <flags> --config ...``.
+        """
+        config = None
+        if self._source is not None and self._source != DEFAULT_CONFIG_PATH:
+            shown = self._source.relative_to(PROJECT_ROOT) if self._source.is_relative_to(PROJECT_ROOT) else self._source
+            config = str(shown)
+        if flags:
+            words = ["python", "-m", "pipeline", stage, *flags, *(["--config", config] if config else [])]
+            words += [word for override in self._overrides for word in ("--set", override)]
+            return shlex.join(words)
+        words = [f"make {stage}"]
+        if config:
+            words.append(f"CONFIG={shlex.quote(config)}")
+        if self._overrides:
+            words.append(f"SET={shlex.quote(' '.join(self._overrides))}")
+        return " ".join(words)
 
 
 def data_root() -> Path:
@@ -442,12 +482,27 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _known_keys(location: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed beside the last one of ``location`` (a section's field names); none inside lists."""
+    section: type[BaseModel] = PipelineConfig
+    for part in location[:-1]:
+        field = section.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        section = field.annotation
+    return list(section.model_fields)
+
+
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration in {origin}:"]
     for item in err.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check the spelling; see configs/default.yaml for every key)")
+            close = difflib.get_close_matches(str(item["loc"][-1]), _known_keys(item["loc"]), n=1)
+            if close:
+                lines.append(f"  {key}: unknown key; did you mean {'.'.join([*map(str, item['loc'][:-1]), close[0]])}?")
+            else:
+                lines.append(f"  {key}: unknown key (check the spelling; see configs/default.yaml for every key)")
             continue
         got = item.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -480,6 +535,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if overrides:
         origin += " with --set " + " ".join(overrides)
     try:
-        return PipelineConfig.model_validate(tree)
+        config = PipelineConfig.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, origin)) from None
+    config._source = None if path is None else path.resolve()
+    config._overrides = tuple(overrides)
+    return config

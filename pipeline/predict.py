@@ -1,7 +1,7 @@
 """``python -m pipeline predict``: classify raw text and show the sentences the model attended to.
 
 The model is the last train stage's raw-text bundle for ``--config`` (the same code path as the
-MLflow pyfunc model), or any MLflow model URI given with ``--model`` (``models:/han-classifier@champion``).
+MLflow pyfunc model), or any MLflow model URI given with ``--model`` (``models:/han-demo@champion``).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def predict(config: PipelineConfig, texts: list[str], model_uri: str | None = No
 
     bundle = config.stage_dir("train") / "bundle"
     if not bundle.is_dir():
-        raise FileNotFoundError(f"no trained model for config {config.name!r} in {bundle}; "
-                                "run `make train` (or `make pipeline`) first, or pass --model URI")
+        raise FileNotFoundError(f"no trained model for config {config.name!r} in {bundle}; run `{config.command('train')}` "
+                                f"(or `{config.command('pipeline')}`) first, or pass --model URI")
     return RawTextClassifier.from_directory(bundle).predict(texts)
 
 

@@ -1,7 +1,8 @@
 """``make serve``: the champion over REST, MLflow's scoring app under uvicorn.
 
 ``serve_command`` resolves ``models:/<registered_model>@<alias>`` in the current tracking store
-to its version (failing clearly when the alias is missing), so every worker loads the same
+to its version (failing clearly when the alias is missing, or when that version was trained for
+other labels than the config's: ``pipeline.registry.check_fits``), so every worker loads the same
 version even if the alias moves meanwhile, and returns the ``uvicorn`` command line for
 ``pipeline.rest`` (MLflow's own scoring app, what ``mlflow models serve --env-manager local``
 runs, behind a request-size guard) and the environment it needs: the tracking URI, the model,
@@ -39,9 +40,9 @@ class ServeCommand:
 def serve_command(config: PipelineConfig) -> ServeCommand:
     import mlflow
 
+    from pipeline.registry import RegistryMismatch, alias_version, check_fits
     from pipeline.rest import MAX_BYTES_ENV, MODEL_URI_ENV
     from pipeline.serving import MAX_CHARACTERS_ENV, MAX_TEXTS_ENV
-    from pipeline.stages.promote import alias_version
     from pipeline.tracking import connect, tracking_uri
 
     settings = config.serve
@@ -51,8 +52,13 @@ def serve_command(config: PipelineConfig) -> ServeCommand:
     version = alias_version(mlflow.MlflowClient(), name, settings.alias)
     if version is None:
         raise ServeError(f"no model has the alias @{settings.alias} in the registry {name!r} at {uri}; "
-                         "run `make pipeline` (or `make dag-test`) so that a model passes the gate and is promoted, "
+                         f"run `{config.command('pipeline')}` (or `{config.command('dag-test')}`) so that a model passes the gate "
+                         "and is promoted, "
                          "or serve another alias with SET=serve.alias=challenger")
+    try:
+        check_fits(config, mlflow.MlflowClient().get_model_version(name, version), name)
+    except RegistryMismatch as err:
+        raise ServeError(f"not serving @{settings.alias}: {err}") from None
     model_uri = f"models:/{name}@{settings.alias}"
     argv = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.rest:create_app", "--host", settings.host,
             "--port", str(settings.port), "--workers", str(settings.workers), "--no-server-header"]

@@ -383,7 +383,7 @@ def load_raw_text_model(uri: str):
     """The logged raw-text model, ready to ``predict(pd.DataFrame({"text": [...]}))``.
 
     A thin wrapper of ``mlflow.pyfunc.load_model(uri)``: ``uri`` is e.g.
-    ``models:/han-classifier@champion``, ``models:/han-classifier/1`` or ``runs:/<run id>/model``,
+    ``models:/han-demo@champion``, ``models:/han-demo/1`` or ``runs:/<run id>/model``,
     read from the current MLflow tracking URI. ``predict`` takes the param ``batch_size``.
     """
     import mlflow

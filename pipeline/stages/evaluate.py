@@ -95,10 +95,13 @@ def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list
     rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]
     # Blank lines are paragraph breaks: each stored sentence stays one sentence when re-read.
     texts = ["\n\n".join(row["sentences"]) for row in rows]
-    uri = f"models:/{config.tracking.registered_model}@champion"
+    uri = f"models:/{config.tracking.registered_model}/{version.version}"
     started = time.perf_counter()
     model = mlflow.pyfunc.load_model(uri)
-    answers = model.predict(pd.DataFrame({"text": texts}))
+    # The raw-text model refuses requests over its limits (serve.max_texts, serve.max_characters):
+    # a test split of any size is scored in requests within them.
+    answers = pd.concat([model.predict(pd.DataFrame({"text": chunk})) for chunk in request_batches(texts)],
+                        ignore_index=True)
     champion_labels = list(answers["probabilities"].iloc[0].keys()) if len(answers) else []
     if sorted(champion_labels) != sorted(labels):
         return {"version": str(version.version), "comparable": False,
@@ -108,6 +111,26 @@ def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list
     _log(f"champion (version {version.version}) re-scored on the same {len(texts):,} test documents "
          f"in {time.perf_counter() - started:.1f}s")
     return {"version": str(version.version), "comparable": True, "run_id": version.run_id, "metrics": metrics}
+
+
+def request_batches(texts: list[str]) -> list[list[str]]:
+    """``texts`` in consecutive requests that each stay within the raw-text model's limits
+    (``pipeline.serving.request_limits``: texts and characters per request)."""
+    from pipeline.serving import request_limits
+
+    max_texts, max_characters = request_limits()
+    batches: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for text in texts:
+        if current and (len(current) == max_texts or size + len(text) > max_characters):
+            batches.append(current)
+            current, size = [], 0
+        current.append(text)
+        size += len(text)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def judge(gate: GateConfig, model: dict[str, Any], baseline: dict[str, Any] | None,
@@ -160,9 +183,11 @@ def run(config: PipelineConfig) -> EvaluateResult:
     train_dir = config.stage_dir("train")
     train_manifest = read_manifest(train_dir)
     if read_manifest(prep_dir) is None:
-        raise EvaluateError(f"no preprocessing outputs in {prep_dir}; run `make preprocess` (or `make pipeline`) first")
+        raise EvaluateError(f"no preprocessing outputs in {prep_dir}; run `{config.command('preprocess')}` "
+                            f"(or `{config.command('pipeline')}`) first")
     if train_manifest is None or not (train_dir / "model.keras").is_file():
-        raise EvaluateError(f"no trained model in {train_dir}; run `make train CONFIG=...` (or `make pipeline`) first")
+        raise EvaluateError(f"no trained model in {train_dir}; run `{config.command('train')}` "
+                            f"(or `{config.command('pipeline')}`) first")
     started = time.perf_counter()
     labels: list[str] = read_json(prep_dir / "labels.json")
     test = load_split(prep_dir, "test")
@@ -188,6 +213,11 @@ def run(config: PipelineConfig) -> EvaluateResult:
         _log(f"TF-IDF + logistic regression baseline: accuracy {baseline['accuracy']:.4f}, "
              f"macro F1 {baseline['macro_f1']:.4f}")
 
+    from pipeline.stages.train import ensure_tracked
+
+    train_manifest, note = ensure_tracked(config, train_dir, train_manifest)
+    if note is not None:
+        _log(note)
     registered = train_manifest.get("mlflow", {}).get("registered_version")
     champion = None
     current = champion_version(config.tracking.registered_model)
@@ -220,7 +250,7 @@ def run(config: PipelineConfig) -> EvaluateResult:
         manifest = {"stage": "evaluate", "created": result["created"], "train_fingerprint": train_manifest.get("fingerprint"),
                     "gate_passed": verdict["passed"], "outputs": output_hashes(staging)}
         write_json(staging / MANIFEST, manifest)
-    _track(config, out_dir, result, registered)
+    _track(config, out_dir, result, registered, started)
     return EvaluateResult(out_dir, result)
 
 
@@ -243,15 +273,19 @@ def _write_outputs(directory: Path, test, labels, probabilities, metrics, baseli
                                title="TF-IDF + LR baseline: confusion matrix (test split)")
 
 
-def _track(config: PipelineConfig, out_dir: Path, result: dict[str, Any], registered: str | None) -> None:
+def _track(config: PipelineConfig, out_dir: Path, result: dict[str, Any], registered: str | None,
+           started: float) -> None:
+    """One run from ``started`` (the stage's ``time.perf_counter()`` start): metrics, artifacts, the test
+    split as its dataset, the verdict on the registered version."""
     import mlflow
 
     from pipeline.metrics import flat_metrics
-    from pipeline.tracking import stage_run
+    from pipeline.tracking import log_datasets, stage_run
 
     verdict = result["gate"]
     tags = {"gate.passed": str(verdict["passed"]).lower(), "han.model_version": str(registered)}
-    with stage_run(config, "evaluate", tags) as run:
+    with stage_run(config, "evaluate", tags, started=started) as run:
+        log_datasets(config, config.stage_dir("preprocess"), ("test",))
         values = flat_metrics(result["model"], prefix="test.")
         if result["baseline"] is not None:
             values.update(flat_metrics(result["baseline"], prefix="baseline."))

@@ -29,9 +29,9 @@ from typing import Any
 from pipeline import faults
 from pipeline.artifacts import MANIFEST, atomic_directory, read_json, read_manifest, write_json
 from pipeline.config import PipelineConfig
+from pipeline.registry import CHALLENGER, CHAMPION, alias_version, registered_here
 
 STAGE_VERSION = 1
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 class PromoteError(RuntimeError):
@@ -53,16 +53,6 @@ def _log(message: str) -> None:
     print(f"promote: {message}", file=sys.stderr, flush=True)
 
 
-def alias_version(client, name: str, alias: str) -> str | None:
-    """The version number an alias points at, or None when the alias (or the model) does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def decide(gate: dict[str, Any], version: str, compared_champion: str | None, current_champion: str | None) -> tuple[str, list[str]]:
     """The verdict and its reasons, from the gate and the champion before and now."""
     reasons = list(gate.get("reasons", []))
@@ -81,14 +71,16 @@ def decide(gate: dict[str, Any], version: str, compared_champion: str | None, cu
 def _inputs(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, Any], str]:
     train_manifest = read_manifest(config.stage_dir("train"))
     if train_manifest is None:
-        raise PromoteError(f"no trained model in {config.stage_dir('train')}; run `make train` (or `make pipeline`) first")
+        raise PromoteError(f"no trained model in {config.stage_dir('train')}; run `{config.command('train')}` "
+                           f"(or `{config.command('pipeline')}`) first")
     metrics_path = config.stage_dir("evaluate") / "metrics.json"
     if read_manifest(config.stage_dir("evaluate")) is None or not metrics_path.is_file():
-        raise PromoteError(f"no evaluation in {config.stage_dir('evaluate')}; run `make evaluate` first: "
+        raise PromoteError(f"no evaluation in {config.stage_dir('evaluate')}; run `{config.command('evaluate')}` first: "
                            "only an evaluated model can be promoted")
     metrics = read_json(metrics_path)
     if metrics.get("train", {}).get("fingerprint") != train_manifest.get("fingerprint"):
-        raise PromoteError("the evaluation is of an earlier model than the one trained now; run `make evaluate` first")
+        raise PromoteError("the evaluation is of an earlier model than the one trained now; "
+                           f"run `{config.command('evaluate')}` first")
     version = train_manifest.get("mlflow", {}).get("registered_version")
     if version is None:
         raise PromoteError("the trained model was not registered in the MLflow registry; train again with "
@@ -98,7 +90,6 @@ def _inputs(config: PipelineConfig) -> tuple[dict[str, Any], dict[str, Any], str
 
 def run(config: PipelineConfig) -> PromoteResult:
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from pipeline.tracking import connect, stage_run, tracking_uri
 
@@ -106,16 +97,15 @@ def run(config: PipelineConfig) -> PromoteResult:
     name = config.tracking.registered_model
     connect()
     client = mlflow.MlflowClient()
-    try:
-        model_version = client.get_model_version(name, version)
-    except MlflowException:
-        raise PromoteError(f"{name} version {version} (from {config.stage_dir('train')}) is not in the registry at "
-                           f"{tracking_uri()}; is MLFLOW_TRACKING_URI the store that trained it? Train again with "
-                           "--force otherwise") from None
+    model_version = registered_here(client, train_manifest.get("mlflow", {}), name)
+    if model_version is None:
+        raise PromoteError(f"the model in {config.stage_dir('train')} ({name} version {version}) was registered in "
+                           f"another tracking store than {tracking_uri()}; run `{config.command('evaluate')}` with this store (it "
+                           "logs the model on disk into it, not retrained, and judges it there), then promote")
     gate = metrics["gate"]
     if model_version.tags.get("gate.passed") != str(bool(gate["passed"])).lower():
         raise PromoteError(f"{name} version {version} carries no gate verdict matching {config.stage_dir('evaluate')}; "
-                           "run `make evaluate` again")
+                           f"run `{config.command('evaluate')}` again")
 
     out_dir = config.stage_dir("promote")
     previous = read_manifest(out_dir)

@@ -104,8 +104,8 @@ def preprocess_outputs(config: PipelineConfig) -> tuple[Path, dict[str, Any]]:
     manifest = read_manifest(directory)
     if manifest is None or not (directory / "train-00000.npz").is_file():
         raise TrainError(
-            f"no preprocessing outputs in {directory}; run `make preprocess CONFIG=...` "
-            f"(or `python -m pipeline preprocess --config ...`) first, or `make pipeline` for every stage"
+            f"no preprocessing outputs in {directory}; run `{config.command('preprocess')}` first, "
+            f"or `{config.command('pipeline')}` for every stage"
         )
     return directory, manifest
 
@@ -132,8 +132,10 @@ def build_optimizer(train: TrainConfig, steps_per_epoch: int):
 
 
 def current_learning_rate(optimizer) -> float:
+    """The rate the optimizer's next step uses, as the shortest decimal of its float32 value
+    (0.002, not 0.0020000000949949026)."""
     rate = optimizer.learning_rate
-    return float(np.asarray(rate() if callable(rate) else rate))
+    return float(str(np.float32(np.asarray(rate() if callable(rate) else rate))))
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -242,9 +244,11 @@ def run(config: PipelineConfig, force: bool = False, trial: SweepTrial | None = 
     key = fingerprint(config, prep_manifest)
     previous = read_manifest(out_dir)
     if not force and trial is None and previous and previous.get("fingerprint") == key and outputs_intact(out_dir, previous):
+        manifest, note = ensure_tracked(config, out_dir, previous)
         _log(f"data and settings unchanged since {previous.get('created')}; nothing to do ({out_dir}; "
-             f"MLflow run {previous.get('mlflow', {}).get('run_id')}). Use --force to train again.")
-        return TrainResult(out_dir, previous, skipped=True)
+             f"MLflow run {manifest['mlflow']['run_id']}); to train again: `{config.command('train', '--force')}`"
+             if note is None else note)
+        return TrainResult(out_dir, manifest, skipped=True)
     if config.model.multilabel:
         raise TrainError("model.multilabel=true needs multi-label data, which preprocessing does not produce; "
                          "set model.multilabel=false")
@@ -287,7 +291,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     from pipeline.model import build_han, compile_han, load_pretrained_embeddings
     from pipeline.runtime import apply_runtime, release_free_memory
     from pipeline.shards import TrainingStream, training_dataset
-    from pipeline.tracking import stage_run
+    from pipeline.tracking import log_datasets, stage_run
 
     settings = config.train
     started = time.perf_counter()
@@ -376,9 +380,11 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         tags["han.resumed_from"] = state["runs"][-1]
     # Only the chief logs to MLflow and writes checkpoints and outputs; the other workers train alongside.
     run_name = "train" if trial is None else trial.run_name
-    with stage_run(config, "train", tags, run_name=run_name) if chief else contextlib.nullcontext() as run:
+    tracked = stage_run(config, "train", tags, run_name=run_name, started=started) if chief else contextlib.nullcontext()
+    with tracked as run:
         if chief:
             state["runs"].append(run.info.run_id)
+            log_datasets(config, prep_dir, ("train", "validation"))
             # A resumed run re-logs the epochs it inherited, so its curves are whole.
             for epoch_index in range(state["epochs_done"]):
                 mlflow.log_metrics({k: v[epoch_index] for k, v in state["history"].items()}, step=epoch_index + 1)
@@ -404,11 +410,14 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                 return training_dataset(streams[-1])
 
             dataset = distribute.distributed_dataset(distribution, epoch_dataset)
+            # The rate the epoch starts with: a schedule steps per batch, and after the last epoch of a
+            # cosine decay it is 0, which is not the rate any epoch trained with.
+            epoch_rate = current_learning_rate(trainer.optimizer)
             fit = trainer.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_dataset, verbose=0, shuffle=False,
                               callbacks=[_BatchProgress(epoch, settings.epochs, steps_per_epoch),
                                          *_memory_trim(config.runtime.malloc_trim_steps)])
             logs = {name: float(values[-1]) for name, values in fit.history.items()}
-            logs["learning_rate"] = current_learning_rate(trainer.optimizer)
+            logs["learning_rate"] = epoch_rate
             logs["padding_efficiency"] = streams[-1].padding_efficiency  # this worker's batches
             for name, value in logs.items():
                 state["history"].setdefault(name, []).append(value)
@@ -665,10 +674,94 @@ def _log_model(config, key, prep_dir, staging, model, state, run) -> tuple[str, 
                               example_texts=_example_texts(prep_dir))
     model_uri, version = info.model_uri, getattr(info, "registered_model_version", None)
     if version is not None:
+        from pipeline.registry import version_tags
+
         client = mlflow.MlflowClient()
-        for tag, value in {"han.pipeline": config.name, "han.train_run_id": run.info.run_id, "han.fingerprint": key}.items():
+        labels = read_json(prep_dir / "labels.json")
+        for tag, value in {**version_tags(config, labels), "han.train_run_id": run.info.run_id,
+                           "han.fingerprint": key}.items():
             client.set_model_version_tag(config.tracking.registered_model, str(version), tag, value)
     return model_uri, version
+
+
+def ensure_tracked(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The trained outputs' run and registered version, in the tracking store in use now.
+
+    The manifest names the run and version that logged these outputs, in whatever store was in use
+    then. When the store in use now lacks them (a new ``mlflow.db``, another ``MLFLOW_TRACKING_URI``,
+    a tracking server), the model on disk is logged and registered there, without training again,
+    and the manifest is updated to point at it. Returns the manifest and a line saying what was
+    done (None when the store already had them).
+    """
+    from pipeline.registry import registered_here
+    from pipeline.tracking import connect, tracking_uri
+
+    mlflow = connect()
+    tracked = manifest.get("mlflow") or {}
+    name = config.tracking.registered_model
+    found = registered_here(mlflow.MlflowClient(), tracked, name, manifest["fingerprint"])
+    if found is not None and found.run_id == tracked.get("run_id"):
+        return manifest, None
+    before = (f"{tracked.get('registered_model')} version {tracked.get('registered_version')}"
+              if tracked.get("registered_version") else "an unregistered model")
+    unchanged = f"data and settings unchanged since {manifest.get('created')}"
+    if found is not None:
+        # This store registered the same outputs before (e.g. before a switch to another store and back).
+        updated = _point_manifest(out_dir, manifest, {"run_id": found.run_id, "previous_run_ids": [],
+                                                      "model_uri": found.source, "registered_model": name,
+                                                      "registered_version": str(found.version)})
+        return updated, (f"{unchanged}; its run {tracked.get('run_id')} is in another tracking store, and "
+                         f"{tracking_uri()} holds the same model as {name} version {found.version} (run {found.run_id}): "
+                         "using that, not retrained")
+    updated = _log_existing(config, out_dir, manifest)
+    now = updated["mlflow"]
+    return updated, (f"{unchanged}, but the tracking store {tracking_uri()} lacks its run and {before}: logged the "
+                     f"model on disk there as {name} version {now['registered_version']} (run {now['run_id']}), "
+                     "not retrained")
+
+
+def _log_existing(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Log a finished training's outputs into the current store as a train run and register its model;
+    rewrite the manifest's ``mlflow`` section to name them."""
+    import mlflow
+
+    from pipeline.model import load_han
+    from pipeline.tracking import stage_run
+
+    prep_dir = config.stage_dir("preprocess")
+    history = read_json(out_dir / "history.json")
+    earlier = manifest.get("mlflow") or {}
+    tags = {"han.fingerprint": manifest["fingerprint"], "han.preprocess_fingerprint": str(manifest.get("preprocess_fingerprint")),
+            "han.cached": "true", "han.logged_from_disk": "true", "han.earlier_run_id": str(earlier.get("run_id"))}
+    with stage_run(config, "train", tags) as run:
+        for epoch, values in enumerate(zip(*history["history"].values(), strict=True), start=1):
+            mlflow.log_metrics(dict(zip(history["history"], values, strict=True)), step=epoch)
+        mlflow.log_metrics({"best_epoch": float(manifest["best_epoch"]), f"best_{manifest['monitor']}": float(manifest["best_value"]),
+                            "epochs_run": float(manifest["epochs_run"]), "train_seconds": float(manifest["train_seconds"])})
+        for name in ("history.json", "training_curves.png", MANIFEST):
+            if (out_dir / name).is_file():
+                mlflow.log_artifact(str(out_dir / name), "train")
+        model = load_han(out_dir / "model.keras")
+        model_uri, version = _log_model(config, manifest["fingerprint"], prep_dir, out_dir, model, {"runs": []}, run)
+    return _point_manifest(out_dir, manifest, {"run_id": run.info.run_id, "previous_run_ids": [], "model_uri": model_uri,
+                                               "registered_model": config.tracking.registered_model,
+                                               "registered_version": None if version is None else str(version)})
+
+
+def _point_manifest(out_dir: Path, manifest: dict[str, Any], tracked: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its ``mlflow`` section replaced by ``tracked`` (the store in use now), the one it
+    replaces kept as ``earlier_store``; written whole or not at all (a temporary file renamed over it)."""
+    earlier = manifest.get("mlflow") or {}
+    updated = {**manifest, "mlflow": {**tracked, "earlier_store": {k: earlier.get(k) for k in
+                                                                   ("run_id", "registered_model", "registered_version")}}}
+    path = out_dir / MANIFEST
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write_json(tmp, updated)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return updated
 
 
 def _log_keras_model(model) -> None:

@@ -17,7 +17,7 @@ import pytest
 from pipeline.config import PROJECT_ROOT
 from tests.stages.conftest import SMALL, make_workspace
 
-NAME = "han-classifier"
+NAME = "han-demo"
 WORSE = ["train.epochs=1", "train.learning_rate=0.00001", "retrain.explain=false"]
 
 

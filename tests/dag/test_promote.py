@@ -35,7 +35,7 @@ def test_verdicts():
 def test_promote_before_evaluate_says_what_to_run(tmp_path, monkeypatch):
     workspace = make_workspace(tmp_path)
     workspace.activate(monkeypatch)
-    with pytest.raises(promote.PromoteError, match="run `make train`"):
+    with pytest.raises(promote.PromoteError, match="run `make train SET='data.demo.num_documents=800 "):
         promote.run(workspace.config)
 
 

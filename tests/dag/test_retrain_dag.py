@@ -69,6 +69,24 @@ def test_the_stages_of_one_dag_run_nest_under_one_mlflow_run(retrained, client):
     assert children == ["evaluate", "explain", "preprocess", "promote", "train"]
 
 
+def test_each_dag_runs_parent_carries_its_headline_figures(retrained, client):
+    """The promote and explain tasks put the verdict, the test figures and faithfulness on the DAG run's parent."""
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["demo"], output_format="list")
+    first, second = sorted((r for r in runs if "han.schedule_key" in r.data.tags), key=lambda r: r.info.start_time)
+    evaluated = {r.data.tags["mlflow.parentRunId"]: r.data.metrics for r in runs
+                 if r.data.tags.get("han.stage") == "evaluate" and "mlflow.parentRunId" in r.data.tags}
+    for parent, verdict, version in ((first, "promoted", "1"), (second, "rejected", "2")):
+        assert parent.data.tags["han.verdict"] == verdict and parent.data.tags["han.model_version"] == version
+        assert parent.data.metrics["promoted"] == float(verdict == "promoted")
+        for key in ("test.accuracy", "test.macro_f1", "baseline.accuracy", "baseline.macro_f1", "gate.passed"):
+            assert parent.data.metrics[key] == evaluated[parent.info.run_id][key], key
+    assert "faithfulness.comprehensiveness.attention.k1" in first.data.metrics
+    # The second run skipped explain (retrain.explain=false): no figures from the first run's outputs.
+    assert not any(key.startswith("faithfulness.") for key in second.data.metrics)
+
+
 def test_a_worse_model_leaves_the_champion_and_says_why(retrained, client):
     workspace, _, second = retrained
     assert second.returncode == 0, second.stderr[-3000:]  # a failed gate ends the run cleanly
@@ -111,3 +129,32 @@ def test_training_that_died_after_registering_reuses_its_version(retrained, clie
     found = _version_of_earlier_attempt(NAME, ["not-a-run", version_one.run_id])
     assert found is not None and str(found.version) == "1"
     assert _version_of_earlier_attempt(NAME, ["not-a-run"]) is None
+
+
+def test_a_scheduled_run_against_a_new_store_completes_without_retraining(retrained, tmp_path, monkeypatch):
+    """The same outputs, a new empty tracking store (a deleted mlflow.db, a move to a server): the DAG
+    logs the model on disk into the new store, judges and promotes it there; nothing is retrained."""
+    import shutil
+
+    import mlflow
+
+    from pipeline.artifacts import read_json, sha256_file
+    from tests.dag.conftest import _dag_test
+    from tests.stages.conftest import Workspace
+
+    workspace = retrained[0]
+    moved = Workspace(tmp_path, {"HAN_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+                                 "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new-store.db'}"}, workspace.overrides)
+    shutil.copytree(workspace.env["HAN_ARTIFACTS_DIR"], moved.env["HAN_ARTIFACTS_DIR"])
+    train_dir = tmp_path / "artifacts" / "demo" / "train"
+    before = read_json(train_dir / "manifest.json")
+    model_hash = sha256_file(train_dir / "model.keras")
+
+    done = _dag_test(moved, SMALL + WORSE)  # the settings of the last scheduled run: its outputs are cached
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = read_json(train_dir / "manifest.json")
+    assert sha256_file(train_dir / "model.keras") == model_hash and after["created"] == before["created"]
+    assert after["mlflow"]["earlier_store"]["run_id"] == before["mlflow"]["run_id"] != after["mlflow"]["run_id"]
+    moved.activate(monkeypatch)
+    champion = mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion")
+    assert champion.run_id == after["mlflow"]["run_id"] and champion.tags["promotion.verdict"] == "promoted"

@@ -221,7 +221,7 @@ LOAD_AND_PREDICT = textwrap.dedent("""
     import json, sys
     import mlflow, pandas as pd
     texts = json.load(open(sys.argv[1]))
-    model = mlflow.pyfunc.load_model("models:/han-classifier/1")
+    model = mlflow.pyfunc.load_model("models:/han-demo/1")
     import pipeline
     frame = model.predict(pd.DataFrame({"text": texts}), params={"batch_size": 5})
     try:
@@ -241,7 +241,7 @@ def test_registered_model_gives_the_same_answers_in_a_fresh_process(bundle, tmp_
     with pytest.raises(RuntimeError, match="inside `with mlflow.start_run"):
         log_raw_text_model(bundle["dir"], example_texts=bundle["texts"][:2])
     with mlflow.start_run(experiment_id=experiment) as run:
-        info = log_raw_text_model(bundle["dir"], registered_model_name="han-classifier",
+        info = log_raw_text_model(bundle["dir"], registered_model_name="han-demo",
                                   example_texts=bundle["texts"][:2])
 
     logged = [p for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()]
@@ -251,7 +251,7 @@ def test_registered_model_gives_the_same_answers_in_a_fresh_process(bundle, tmp_
     flavor = yaml.safe_load(mlmodel.read_text())["flavors"]["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor  # code, not a pickle
 
-    version = mlflow.MlflowClient().get_model_version("han-classifier", "1")
+    version = mlflow.MlflowClient().get_model_version("han-demo", "1")
     assert version.run_id == run.info.run_id and str(info.registered_model_version) == "1"
     signature = info.signature
     assert signature.inputs.input_names() == ["text"]

@@ -134,7 +134,7 @@ def test_two_workers_on_loopback_train_one_model_that_loads_and_predicts_like_a_
     assert len(runs) == 1
     assert runs[0].data.params["distribute.replicas"] == "2"
     assert runs[0].data.params["train.global_batch_size"] == "16"
-    assert len(mlflow.MlflowClient().search_model_versions("name = 'han-classifier'")) == 1
+    assert len(mlflow.MlflowClient().search_model_versions("name = 'han-demo'")) == 1
     assert not (workspace.root / "artifacts" / "demo" / "train.resume").exists()
 
     # The model is an ordinary single-device model: same structure, loads, predicts, and learned.

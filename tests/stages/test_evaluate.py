@@ -63,7 +63,7 @@ def test_raw_text_model_in_a_fresh_process_predicts_what_evaluate_scored(workspa
     texts = [raw[row["id"]] for row in rows]
     script = (
         "import json, sys, mlflow, pandas as pd\n"
-        "model = mlflow.pyfunc.load_model('models:/han-classifier/1')\n"
+        "model = mlflow.pyfunc.load_model('models:/han-demo/1')\n"
         "out = model.predict(pd.DataFrame({'text': json.load(sys.stdin)}))\n"
         "print(json.dumps({'label': list(out['label']), 'probabilities': list(out['probabilities']),"
         " 'weights': [list(map(float, w)) for w in out['sentence_weights']]}))\n"
@@ -81,7 +81,7 @@ def test_raw_text_model_in_a_fresh_process_predicts_what_evaluate_scored(workspa
 
 def test_gate_refuses_a_model_worse_than_the_champion(workspace, capsys):
     client = mlflow.MlflowClient()
-    client.set_registered_model_alias("han-classifier", "champion", "1")
+    client.set_registered_model_alias("han-demo", "champion", "1")
     champion_accuracy = _outputs(workspace)[1]["model"]["accuracy"]
     assert champion_accuracy > 0.6
     # A model that learns nothing: one epoch at a tiny learning rate (different settings: retrained, version 2).
@@ -96,10 +96,10 @@ def test_gate_refuses_a_model_worse_than_the_champion(workspace, capsys):
     assert check["passed"] is False and check["champion_version"] == "1"
     assert metrics["champion"]["metrics"]["accuracy"] == champion_accuracy  # re-scored on the same split
     assert check["threshold"] == champion_accuracy + 0.01
-    assert "beat_champion FAILED" in capsys.readouterr().out
-    version = client.get_model_version("han-classifier", "2")
+    assert "beat_champion FAILED" in capsys.readouterr().err
+    version = client.get_model_version("han-demo", "2")
     assert version.tags["gate.passed"] == "false" and "beat_champion FAILED" in version.tags["gate.reasons"]
-    assert str(client.get_model_version_by_alias("han-classifier", "champion").version) == "1"  # untouched
+    assert str(client.get_model_version_by_alias("han-demo", "champion").version) == "1"  # untouched
 
 
 def test_judge_checks_thresholds_baseline_and_champion():

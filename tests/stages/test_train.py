@@ -65,7 +65,7 @@ def test_mlflow_run_tree_params_metrics_and_models(workspace):
     logged = {m.name: m for m in client.search_logged_models(experiment_ids=[experiment.experiment_id])}
     assert {"keras-model", "model"} <= set(logged)
     assert logged["model"].source_run_id == run.info.run_id
-    version = client.get_model_version("han-classifier", "1")
+    version = client.get_model_version("han-demo", "1")
     assert version.run_id == run.info.run_id
     assert version.tags["han.train_run_id"] == run.info.run_id
     assert version.tags["gate.passed"] in {"true", "false"}  # evaluate recorded its verdict on the version
@@ -74,7 +74,7 @@ def test_mlflow_run_tree_params_metrics_and_models(workspace):
 def test_unchanged_rerun_is_skipped_and_registers_nothing(workspace, capsys):
     assert main(["train", *set_args(workspace.overrides)]) == 0
     assert "nothing to do" in capsys.readouterr().err
-    assert len(mlflow.MlflowClient().search_model_versions("name='han-classifier'")) == 1
+    assert len(mlflow.MlflowClient().search_model_versions("name='han-demo'")) == 1
 
 
 def _weights(path):
