@@ -2,8 +2,11 @@
 
 ``python -m pipeline serve`` runs ``uvicorn --factory pipeline.rest:create_app``. The app is MLflow's own scoring
 app (``mlflow.pyfunc.scoring_server.init``: ``POST /invocations``, ``GET /ping``, its request
-timeout) for the model in ``HAN_SERVE_MODEL_URI``, wrapped in ``BodyLimit``, because MLflow reads
-the whole request body into memory before the model sees it:
+timeout) for the model in ``HAN_SERVE_MODEL_URI``, loaded in the worker only after its files matched
+the hashes recorded at registration (``pipeline.registry.verified_model``). MLflow's timeout answers
+504 but leaves the model running in its worker thread; ``Deadline`` gives each request its end, which
+the model checks between texts and batches (``pipeline.serving.check_deadline``), so the work stops
+too. ``BodyLimit`` guards the body, because MLflow reads it whole into memory before the model sees it:
 
 - a request whose ``Content-Length`` is over ``HAN_SERVE_MAX_BYTES`` (``serve.max_request_bytes``)
   is answered 413 before a byte of its body is read; a body sent without a length (chunked) is
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -123,6 +127,27 @@ class BodyLimit:
                 await send(message)
 
 
+class Deadline:
+    """ASGI middleware: each request must be done ``seconds`` after it arrived (MLflow's request
+    timeout); the model sees that end through ``pipeline.serving.REQUEST_DEADLINE`` (a context
+    variable, which ``asyncio.to_thread`` carries into the thread that runs the model)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from pipeline.serving import REQUEST_DEADLINE
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = REQUEST_DEADLINE.set(time.monotonic() + self.seconds)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_DEADLINE.reset(token)
+
+
 def max_bytes_from_env() -> int:
     raw = os.environ.get(MAX_BYTES_ENV, "")
     try:
@@ -135,9 +160,13 @@ def max_bytes_from_env() -> int:
 
 
 def create_app() -> BodyLimit:
+    from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
     from mlflow.pyfunc import scoring_server
+
+    from pipeline.registry import verified_model
 
     uri = os.environ.get(MODEL_URI_ENV)
     if not uri:
         raise RuntimeError(f"{MODEL_URI_ENV} is not set: start the server with `python -m pipeline serve`")
-    return BodyLimit(scoring_server.init(scoring_server.load_model_with_mlflow_config(uri)), max_bytes_from_env())
+    app = scoring_server.init(verified_model(uri))
+    return BodyLimit(Deadline(app, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()), max_bytes_from_env())

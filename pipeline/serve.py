@@ -1,8 +1,9 @@
 """``make serve``: the champion over REST, MLflow's scoring app under uvicorn.
 
 ``serve_command`` resolves ``models:/<registered_model>@<alias>`` in the current tracking store
-to its version (failing clearly when the alias is missing, or when that version was trained for
-other labels than the config's: ``pipeline.registry.check_fits``), so every worker loads the same
+to its version (failing clearly when the alias is missing, when that version was trained for
+other labels than the config's: ``pipeline.registry.check_fits``, or when its files are not those
+recorded at registration: ``pipeline.registry.verified_download``), so every worker loads the same
 version even if the alias moves meanwhile, and returns the ``uvicorn`` command line for
 ``pipeline.rest`` (MLflow's own scoring app, what ``mlflow models serve --env-manager local``
 runs, behind a request-size guard) and the environment it needs: the tracking URI, the model,
@@ -40,7 +41,7 @@ class ServeCommand:
 def serve_command(config: PipelineConfig) -> ServeCommand:
     import mlflow
 
-    from pipeline.registry import RegistryMismatch, alias_version, check_fits
+    from pipeline.registry import ModelIntegrityError, RegistryMismatch, alias_version, check_fits, verified_download
     from pipeline.rest import MAX_BYTES_ENV, MODEL_URI_ENV
     from pipeline.serving import MAX_CHARACTERS_ENV, MAX_TEXTS_ENV
     from pipeline.tracking import connect, tracking_uri
@@ -57,7 +58,9 @@ def serve_command(config: PipelineConfig) -> ServeCommand:
                          "or serve another alias with SET=serve.alias=challenger")
     try:
         check_fits(config, mlflow.MlflowClient().get_model_version(name, version), name)
-    except RegistryMismatch as err:
+        # Checked here for a clear error before the server starts; each worker checks its own copy again.
+        verified_download(f"models:/{name}/{version}")
+    except (RegistryMismatch, ModelIntegrityError) as err:
         raise ServeError(f"not serving @{settings.alias}: {err}") from None
     model_uri = f"models:/{name}@{settings.alias}"
     argv = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.rest:create_app", "--host", settings.host,

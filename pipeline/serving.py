@@ -16,7 +16,8 @@ Each answer is a dict (one DataFrame row for the pyfunc model) with ``OUTPUT_COL
 - ``sentence_weights``: one attention weight per sentence, summing to 1;
 - ``words``: per sentence the tokens the model read, after truncation to ``max_words``;
 - ``word_weights``: one attention weight per token, aligned with ``words``;
-- ``truncated``: True when sentences or words were cut to the limits;
+- ``truncated``: True when sentences or words were cut to the limits (or the text was read only as
+  far as ``READ_CHARACTERS_PER_WORD`` allows);
 - ``error``: None, or why this one text could not be classified (the other rows still are).
 """
 
@@ -25,8 +26,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,24 @@ DEFAULT_BATCH_SIZE = 32
 # Request limits of the served model (``make serve`` sets them from the config's ``serve`` section).
 MAX_TEXTS_ENV, MAX_CHARACTERS_ENV = "HAN_SERVE_MAX_TEXTS", "HAN_SERVE_MAX_CHARACTERS"
 DEFAULT_MAX_TEXTS, DEFAULT_MAX_CHARACTERS = 1000, 10_000_000
+# Characters read from one text per word the model reads (max_sentences x max_words): splitting and
+# tokenizing cost grows with the characters, so this bounds what one text costs, whatever its length.
+READ_CHARACTERS_PER_WORD = 64
+# When the request being answered must be done (time.monotonic()); set by the REST app
+# (pipeline/rest.py) and seen by the thread that runs the model. None: no deadline.
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("han_request_deadline", default=None)
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request's time (``serve.timeout_seconds``) ran out; the work on it stops here."""
+
+
+def check_deadline() -> None:
+    """Raise ``DeadlineExceeded`` when the request being answered is out of time."""
+    deadline = REQUEST_DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded("the request ran out of time (serve.timeout_seconds); send fewer or shorter texts "
+                               "per request")
 
 # The package logged as the model's code (``code_paths``), and the models-from-code entry point.
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -70,6 +91,14 @@ def write_bundle(bundle_dir: Path, model_path: Path, preprocess_dir: Path) -> Pa
     write_json(bundle_dir / "limits.json", {"max_sentences": int(limits["max_sentences"]),
                                             "max_words": int(limits["max_words"])})
     return bundle_dir
+
+
+def _before_word(text: str, end: int) -> str:
+    """``text[:end]``, shortened to the last space, tab or newline when ``end`` falls inside a word."""
+    if text[end - 1].isspace() or text[end].isspace():
+        return text[:end]
+    start = max(text.rfind(" ", 0, end), text.rfind("\n", 0, end), text.rfind("\t", 0, end))
+    return text[:start] if start > 0 else text[:end]
 
 
 def _failed(error: str) -> dict[str, Any]:
@@ -127,27 +156,37 @@ class RawTextClassifier:
             return [], [], False, f"text must be a string, got {type(text).__name__}"
         if not text.strip():
             return [], [], False, "empty text"
-        sentences, tokens = self._leading_sentences(text)
+        sentences, tokens, cut = self._leading_sentences(text)
         # The same rule as preprocessing's no_tokens quarantine: some token must have a letter or digit.
         if not any(ch.isalnum() for sentence in tokens for token in sentence for ch in token):
             return [], [], False, "no words in the text (only punctuation or symbols)"
         kept = tokens[: self.max_sentences]
-        truncated = len(tokens) > self.max_sentences or any(len(t) > self.max_words for t in kept)
+        truncated = cut or len(tokens) > self.max_sentences or any(len(t) > self.max_words for t in kept)
         return sentences[: self.max_sentences], [t[: self.max_words] for t in kept], truncated, None
 
-    def _leading_sentences(self, text: str) -> tuple[list[str], list[list[str]]]:
-        """``sentences_and_tokens`` of as much of ``text`` as the model reads.
+    def _leading_sentences(self, text: str) -> tuple[list[str], list[list[str]], bool]:
+        """``sentences_and_tokens`` of as much of ``text`` as the model reads, and whether the text
+        was cut short of that.
 
         The model reads only the first ``max_sentences`` sentences, so a long text is split from a
         prefix that grows (x4) until it holds more than ``max_sentences`` sentences: those first
         ones, and the boundary after them, are then exactly what splitting the whole text gives,
-        and a million-sentence text costs what a short one does.
+        and a million-sentence text costs what a short one does. The prefix stops growing at
+        ``READ_CHARACTERS_PER_WORD`` characters per word read (cut before a word it would split):
+        text whose first sentences run longer than that (one endless "sentence", such as
+        ``"a. a. a. ..."``, which the splitter reads as initials) is read only that far.
         """
-        budget = self.max_sentences * self.max_words * 16
+        words = self.max_sentences * self.max_words
+        budget, limit = words * 16, words * READ_CHARACTERS_PER_WORD
         while True:
-            sentences, tokens = self.processor.sentences_and_tokens(text[:budget])
-            if budget >= len(text) or len(tokens) > self.max_sentences:
-                return sentences, tokens
+            end = min(budget, limit)
+            cut = end < len(text)
+            prefix = _before_word(text, end) if cut and budget >= limit else text[:end]
+            sentences, tokens = self.processor.sentences_and_tokens(prefix)
+            if not cut or len(tokens) > self.max_sentences:
+                return sentences, tokens, False
+            if budget >= limit:
+                return sentences, tokens, True
             budget *= 4
 
     def _ids(self, tokens: list[list[str]]) -> list[np.ndarray]:
@@ -175,10 +214,17 @@ class RawTextClassifier:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         from pipeline.model import document_outputs
 
-        readings = [self.read(text) for text in texts]
+        def infer(token_ids):
+            check_deadline()
+            return self.infer(token_ids)
+
+        readings = []
+        for text in texts:  # a request out of time (serve.timeout_seconds) stops between texts and batches
+            check_deadline()
+            readings.append(self.read(text))
         results = [_failed(error) if error else None for *_, error in readings]
         readable = [i for i, reading in enumerate(readings) if reading[3] is None]
-        outputs = document_outputs(self.infer, [self._ids(readings[i][1]) for i in readable], batch_size)
+        outputs = document_outputs(infer, [self._ids(readings[i][1]) for i in readable], batch_size)
         for i, output in zip(readable, outputs, strict=True):
             sentences, tokens, truncated, _ = readings[i]
             probabilities = output["probabilities"]
@@ -265,6 +311,10 @@ class HANTextModel(_PythonModel):
             return results_frame(self.classifier.predict(texts, batch_size=batch_size))
         except MlflowException:
             raise
+        except DeadlineExceeded as err:  # a 504 over REST, like MLflow's own request timeout
+            from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED
+
+            raise MlflowException(str(err), error_code=DEADLINE_EXCEEDED) from None
         except (ValueError, TypeError) as err:
             # A clear 400 over REST (MLflow turns other exceptions into a stack trace).
             raise MlflowException.invalid_parameter_value(str(err)) from None
@@ -344,7 +394,8 @@ def log_raw_text_model(bundle_dir: Path, *, name: str = "model", registered_mode
     runs this package's code, never unpickled bytes), with the bundle as the artifact ``han``,
     the ``pipeline`` package as ``code_paths`` (so it loads where the project is not installed),
     a signature from a real prediction on ``example_texts`` (also the input example) and the
-    runtime requirements pinned as in requirements.txt.
+    runtime requirements pinned as in requirements.txt. A registered version is created with the
+    hashes of its files (``register_with_hashes``).
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri``; ``registered_model_version`` when registered).
@@ -367,7 +418,7 @@ def log_raw_text_model(bundle_dir: Path, *, name: str = "model", registered_mode
         # MLflow 3.17's input-example writer compares a column Index with a range, which pandas 3.1
         # deprecates (Pandas4Warning); harmless, and not ours to fix.
         warnings.filterwarnings("ignore", message="Operation with range is deprecated")
-        return mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),
             artifacts={"han": str(bundle_dir)},
@@ -375,17 +426,35 @@ def log_raw_text_model(bundle_dir: Path, *, name: str = "model", registered_mode
             signature=signature,
             input_example=example,
             pip_requirements=pinned_requirements(),
-            registered_model_name=registered_model_name,
         )
+    if registered_model_name is not None:
+        info.registered_model_version = register_with_hashes(info.model_uri, registered_model_name).version
+    return info
+
+
+def register_with_hashes(model_uri: str, registered_model_name: str):
+    """Register a logged model with the sha256 of each of its files as stored (downloaded back from
+    the artifact store and hashed), as tags the version is created with
+    (``pipeline.registry.integrity_tags``): loaders check them before anything of it runs."""
+    import tempfile
+
+    import mlflow
+
+    from pipeline.registry import integrity_tags
+
+    with tempfile.TemporaryDirectory(prefix="han-register-") as local:
+        tags = integrity_tags(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=local))
+    return mlflow.register_model(model_uri, registered_model_name, tags=tags)
 
 
 def load_raw_text_model(uri: str):
     """The logged raw-text model, ready to ``predict(pd.DataFrame({"text": [...]}))``.
 
-    A thin wrapper of ``mlflow.pyfunc.load_model(uri)``: ``uri`` is e.g.
-    ``models:/han-demo@champion``, ``models:/han-demo/1`` or ``runs:/<run id>/model``,
-    read from the current MLflow tracking URI. ``predict`` takes the param ``batch_size``.
+    ``uri`` is e.g. ``models:/han-demo@champion`` or ``models:/han-demo/1``, read from the current
+    MLflow tracking URI, and loaded only after its files matched the hashes recorded at
+    registration (``pipeline.registry.verified_model``; a local directory loads as it is).
+    ``predict`` takes the param ``batch_size``.
     """
-    import mlflow
+    from pipeline.registry import verified_model
 
-    return mlflow.pyfunc.load_model(uri)
+    return verified_model(uri)

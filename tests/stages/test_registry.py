@@ -19,6 +19,7 @@ import pytest
 from pipeline.__main__ import main
 from pipeline.artifacts import read_json, sha256_file
 from pipeline.config import load_config
+from pipeline.registry import ARTIFACT_SHA256_TAG, verified_model
 from pipeline.serve import ServeError, serve_command
 from tests.stages.conftest import make_workspace, set_args
 
@@ -108,6 +109,28 @@ def test_a_new_empty_store_gets_the_cached_model_without_retraining(store, monke
     assert len(client.search_model_versions("name = 'han-other'")) == 1
 
 
+def test_a_version_registered_without_file_hashes_is_registered_again_not_retrained(store, monkeypatch, capsys,
+                                                                                    tmp_path):
+    """A store from before the hashes were recorded: every loader refuses its versions (B47), so the
+    cached train registers the model on disk again, with them."""
+    config = load_config(None, OTHER)
+    train_dir = config.stage_dir("train")
+    model_hash = sha256_file(train_dir / "model.keras")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'old-store.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'old-store.db'}")
+    assert main(["train", *set_args(OTHER)]) == 0  # logged from disk there as version 1
+    client = mlflow.MlflowClient()
+    client.delete_model_version_tag("han-other", "1", ARTIFACT_SHA256_TAG)
+    capsys.readouterr()
+
+    assert main(["train", *set_args(OTHER)]) == 0
+    err = capsys.readouterr().err
+    assert "han-other version 1 of these outputs was registered without the hashes of its files" in err
+    assert "registered the model on disk again as version 2" in err and "not retrained" in err
+    assert sha256_file(train_dir / "model.keras") == model_hash
+    assert read_json(train_dir / "manifest.json")["mlflow"]["registered_version"] == "2"
+    assert client.get_model_version("han-other", "2").tags[ARTIFACT_SHA256_TAG]
+    assert verified_model("models:/han-other/2") is not None
 def test_an_unreachable_tracking_server_fails_fast_with_the_clear_message(store, monkeypatch, capsys):
     with socket.socket() as probe:  # a loopback port that nothing listens on
         probe.bind(("127.0.0.1", 0))
