@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pipeline.artifacts import DiskFullError, is_disk_full
 from pipeline.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
 from pipeline.runtime import apply_runtime
-from pipeline.tracking import check_reachable, tracking_uri
+from pipeline.tracking import (
+    check_reachable,
+    check_store_writable,
+    describe_store_error,
+    tracking_uri,
+    unclosed_runs,
+    unclosed_runs_note,
+)
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 
@@ -252,20 +259,27 @@ def cmd_init_config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    unclosed_runs.clear()  # main runs more than once in a process (tests, Airflow)
     try:
         if args.stage == "init-config":  # writes a config; reads none
             return cmd_init_config(args)
         config = load_config(args.config, args.overrides)
-        apply_runtime(config.runtime)  # before TensorFlow starts: its thread pools are fixed then
+        apply_runtime(config.resolved().runtime)  # before TensorFlow starts (its thread pools are fixed then); auto from the data
         check_reachable(tracking_uri())  # a tracking server that is down fails the command now, not after the work
+        if args.stage not in ("predict", "serve"):  # and so does a store that cannot be written (locked, full)
+            check_store_writable(tracking_uri())
         return COMMANDS[args.stage](config, args)
     except Exception as err:
         known = (ConfigError, FileNotFoundError, ValueError, RuntimeError, OSError)
-        if os.environ.get("HAN_DEBUG") or not (isinstance(err, known) or type(err).__module__.startswith("mlflow")):
+        store_error = describe_store_error(err)  # SQLAlchemy's "database is locked", said plainly
+        if os.environ.get("HAN_DEBUG") or not (store_error or isinstance(err, known)
+                                               or type(err).__module__.startswith("mlflow")):
             raise
-        if is_disk_full(err) and not isinstance(err, DiskFullError):
+        if store_error is not None:
+            err = store_error
+        elif is_disk_full(err) and not isinstance(err, DiskFullError):
             err = f"the disk is full ({err}); free some space or set HAN_ARTIFACTS_DIR / MLFLOW_TRACKING_URI to a larger disk"
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{unclosed_runs_note()}", file=sys.stderr)
         print("(set HAN_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pipeline import faults
 
@@ -37,7 +37,10 @@ def sha256_tree(path: Path) -> str:
     digest = hashlib.sha256()
     for item in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(item.relative_to(path)).encode())
-        digest.update(sha256_file(item).encode())
+        try:
+            digest.update(sha256_file(item).encode())
+        except OSError as err:  # unreadable (permission denied): the reader quarantines it; that it is, counts
+            digest.update(f"unreadable: {err.strerror}".encode())
     return digest.hexdigest()
 
 
@@ -45,6 +48,21 @@ def write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=False, ensure_ascii=False)
         handle.write("\n")
+
+
+@contextlib.contextmanager
+def replacing_file(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """Write ``path`` whole or not at all, for a file outside a stage's atomic directory: the block writes a
+    temporary sibling (``<name>.tmp-<pid>``) that replaces ``path`` in one rename when the block ends, and is
+    removed when it fails (a full disk leaves ``path`` as it was, and nothing half written beside it)."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(partial, mode, encoding=None if "b" in mode else encoding) as handle:
+            yield handle
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> Any:

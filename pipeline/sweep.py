@@ -20,6 +20,7 @@ CPU, so it reproduces its trial.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import shlex
 import shutil
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import faults
-from pipeline.artifacts import read_json, write_json
+from pipeline.artifacts import read_json, replacing_file
 from pipeline.config import ConfigError, PipelineConfig, load_config, parse_override
 
 SWEEPABLE = ("model.", "train.")
@@ -295,13 +296,18 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
 def _write_results(result: SweepResult, out_dir: Path, config_name: str, overrides: Sequence[str], axes: list[Axis]) -> None:
     """``results.json`` and ``results.md`` as they stand: rewritten after every trial, so a sweep that
     fails or is interrupted keeps what its finished trials measured (unfinished ones have no value)."""
-    write_json(out_dir / "results.json", {
+    results = {
         "config": config_name, "overrides": list(overrides), "grid": [{"key": a.key, "values": list(a.values)} for a in axes],
         "seeds": result.seeds, "metric": result.metric, "mlflow_run_id": result.run.info.run_id,
         "finished_trials": sum(t.value is not None for t in result.trials),
         "failed_trials": [t.index for t in result.failed],
-        "points": result.points, "trials": [vars(t) | {"overrides": list(t.overrides)} for t in result.trials]})
-    (out_dir / "results.md").write_text(markdown(result, config_name), encoding="utf-8")
+        "points": result.points, "trials": [vars(t) | {"overrides": list(t.overrides)} for t in result.trials]}
+    # Each replaced whole: a full disk keeps the previous trial's results, not half of this one's.
+    with replacing_file(out_dir / "results.json") as handle:
+        json.dump(results, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+    with replacing_file(out_dir / "results.md") as handle:
+        handle.write(markdown(result, config_name))
 
 
 def _record(trial: Trial, trained, metric: str) -> None:
