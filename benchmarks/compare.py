@@ -3,20 +3,30 @@
     HAN_DATA_DIR=../shared/data python -m benchmarks.compare            # the full benchmark
     HAN_DATA_DIR=../shared/data python -m benchmarks.compare --quick    # a smoke run on a subsample
 
-For each dataset the corpus is preprocessed once by the real preprocess stage (``configs/<dataset>.yaml``;
-``--quick`` first copies a few documents per class and split into a temporary folder). Then each
-system runs in its own process, so that its peak RSS is its own:
+Every system runs over several seeds (``--seeds``, default 42, 1, 2; ``--quick`` 42, 1): a seed draws the
+split where the dataset has none (BBC: a stratified train/validation/test split per seed) and otherwise
+carves the validation split from the dataset's training split (IMDB: the same test reviews for every
+seed), and it initialises the models. For each dataset and seed the corpus is preprocessed by the real
+preprocess stage (``configs/<dataset>.yaml`` with ``seed=<seed>``; ``--quick`` first copies a few
+documents per class and split into a temporary folder). Then each system runs in its own process, so
+that its peak RSS is its own, over every seed in turn: the first seed measures everything (speed,
+latency, memory), the later ones train and score only (the reference HAN keeps its compiled model
+between seeds: ``reference_seeds``):
 
 - ``han``: the train stage with the dataset's config (the model, bucketing, early stopping that
   ``make train`` uses), then batch inference over the test split and one-document explain
   latency through the raw-text classifier (text in, label and attention weights out);
 - ``reference_han``: ``benchmarks.reference_han`` (padded to 15 x 40, no masks, TimeDistributed),
   same layer sizes, optimizer, learning rate, batch size, epochs and early stopping;
-- ``tfidf_lr``: TF-IDF on 1-2 grams of the full documents + logistic regression.
+- ``tfidf_lr``: TF-IDF + logistic regression (``evaluate.baseline``'s settings: 1-2 grams, sublinear tf,
+  min_df 2, C=10) on the full raw text of the same split's documents, as a user would run it: not cut to
+  the HANs' limits and without their out-of-vocabulary token (``"input": "full_text"``).
 
-Reported per system: accuracy, macro_f1, train_docs_per_s (training documents x epochs / training
-seconds, validation included, as both HANs do it), infer_docs_per_s (test documents / seconds of
-batch inference), explain_p50_ms / explain_p95_ms (HAN systems), peak_rss_mb (train_peak_rss_mb: when
+Reported per system: accuracy and macro_f1 as the mean over the seeds, with ``accuracy_seeds`` /
+``macro_f1_seeds`` (one per seed, in ``seeds`` order) and ``accuracy_spread`` / ``macro_f1_spread`` (the
+sample standard deviation over the seeds; null with one seed); from the first seed's run:
+train_docs_per_s (training documents x epochs / training seconds, validation included, as both HANs
+do it), infer_docs_per_s (test documents / seconds of batch inference), explain_p50_ms / explain_p95_ms (HAN systems), peak_rss_mb (train_peak_rss_mb: when
 training ended, HAN systems), train_seconds,
 epochs; for our HAN also word2vec_seconds (the word vectors it learns from the training split first,
 when its config asks: outside train_seconds, null when off). The HAN also reports its training FLOP/s on real tokens (``flops``) as a fraction of a dense
@@ -48,10 +58,16 @@ from pipeline.config import PROJECT_ROOT, PipelineConfig, data_root, load_config
 DATASETS = {"bbc": "configs/bbc.yaml", "imdb": "configs/imdb.yaml"}
 SYSTEMS = ("han", "reference_han", "tfidf_lr")
 QUICK_PER_CLASS = 30  # documents per class (and split) in --quick
+SEEDS = (42, 1, 2)
+QUICK_SEEDS = (42, 1)
+SPREAD = "sample standard deviation over the seeds (n - 1); null with one seed"
 # Two length groups, not the configs' 8: each group is traced once per process, which dominates a smoke test.
 QUICK_SET = ["train.epochs=2", "train.early_stopping.patience=0", "preprocess.max_quarantine_fraction=0.2",
              "model.word_buckets=2"]
 EXPLAIN_DOCUMENTS = 60
+# --quick: fewer explain calls and a shorter matmul yardstick (its figures are a smoke test's, not the targets').
+QUICK_EXPLAIN_DOCUMENTS = 20
+QUICK_MATMUL_SECONDS = 0.5
 INFER_BATCH = 256
 RESULT_PREFIX = "BENCH-RESULT "
 # Issue #9's targets, checked against every run's own figures (``targets``).
@@ -95,12 +111,19 @@ def quick_corpus(dataset: str, source: Path, target: Path, per_class: int = QUIC
     return out
 
 
-def bench_config(dataset: str, quick: bool, data_path: str | None, extra: list[str] = ()) -> PipelineConfig:
-    overrides = [f"name=bench-{dataset}{'-quick' if quick else ''}", f"tracking.registered_model=bench-{dataset}",
-                 "tracking.experiment=benchmarks"]
+def bench_config(dataset: str, quick: bool, data_path: str | None, extra: list[str] = (),
+                 seed: int | None = None) -> PipelineConfig:
+    """The dataset's config for the benchmark; ``seed`` (default: the config's own) draws the split and the
+    initialisation, and a seed other than the config's gets its own artifacts (``bench-<dataset>-seed<n>``)."""
+    name = f"bench-{dataset}{'-quick' if quick else ''}"
+    overrides = [f"tracking.registered_model=bench-{dataset}", "tracking.experiment=benchmarks",
+                 "evaluate.baseline.input=full_text"]
     if quick:
         overrides += [*QUICK_SET, f"data.path={data_path}"]
-    return load_config(PROJECT_ROOT / DATASETS[dataset], [*overrides, *extra])
+    config = load_config(PROJECT_ROOT / DATASETS[dataset], [f"name={name}", *overrides, *extra])
+    if seed is None or seed == config.seed:
+        return config
+    return load_config(PROJECT_ROOT / DATASETS[dataset], [f"name={name}-seed{seed}", f"seed={seed}", *overrides, *extra])
 
 
 def limits_at_least_reference(config: PipelineConfig) -> list[str]:
@@ -181,7 +204,8 @@ def han_training_flops(config: PipelineConfig, words: int, sentences: int) -> fl
     return 3.0 * (words * word + sentences * sentence)
 
 
-def run_han(config: PipelineConfig) -> dict[str, Any]:
+def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> dict[str, Any]:
+    """Our HAN: the train stage, then the test split's scores; with ``full``, its speed, latency and FLOP/s too."""
     from pipeline.model import document_outputs, inference_function, load_han
     from pipeline.serving import RawTextClassifier
     from pipeline.shards import load_split
@@ -196,21 +220,26 @@ def run_han(config: PipelineConfig) -> dict[str, Any]:
 
     infer = inference_function(load_han(trained.output_dir / "model.keras"))
     documents = test.documents()
-    document_outputs(infer, documents[:INFER_BATCH], INFER_BATCH)  # warm-up
+    if full:
+        document_outputs(infer, documents[:INFER_BATCH], INFER_BATCH)  # warm-up
     started = time.perf_counter()
     outputs = document_outputs(infer, documents, INFER_BATCH)
     infer_seconds = time.perf_counter() - started
     probabilities = np.stack([out["probabilities"] for out in outputs])
+    scores = {**_scores(test.labels, probabilities), "train_docs_per_s": round(len(train_split) * epochs / seconds, 1),
+              "train_seconds": round(seconds, 2), "word2vec_seconds": manifest.get("word2vec_seconds"), "epochs": epochs}
+    if not full:
+        return scores
 
     classifier = RawTextClassifier.from_directory(trained.output_dir / "bundle")
-    latency = _latencies(lambda text: classifier.predict([text]), _raw_texts(prep, "test")[:EXPLAIN_DOCUMENTS])
+    explained = QUICK_EXPLAIN_DOCUMENTS if quick else EXPLAIN_DOCUMENTS
+    latency = _latencies(lambda text: classifier.predict([text]), _raw_texts(prep, "test")[:explained])
 
     words = int(np.sum(train_split.sentence_lengths))  # real tokens after truncation, as the model reads them
     achieved = han_training_flops(config, words, int(np.sum(train_split.document_lengths))) * epochs / seconds
-    peak = matmul_flops_per_s()
-    return {**_scores(test.labels, probabilities), "train_docs_per_s": round(len(train_split) * epochs / seconds, 1),
-            "infer_docs_per_s": round(len(test) / infer_seconds, 1), **latency, "train_seconds": round(seconds, 2),
-            "word2vec_seconds": manifest.get("word2vec_seconds"), "train_peak_rss_mb": train_peak, "epochs": epochs, "limits": json.loads((prep / "stats.json").read_text())["limits"],
+    peak = matmul_flops_per_s(seconds=QUICK_MATMUL_SECONDS if quick else 2.0)
+    return {**scores, "infer_docs_per_s": round(len(test) / infer_seconds, 1), **latency, "train_peak_rss_mb": train_peak,
+            "limits": json.loads((prep / "stats.json").read_text())["limits"],
             "flops": {"achieved_per_s": round(achieved), "matmul_per_s": round(peak),
                       "fraction_of_matmul": round(achieved / peak, 4)}}
 
@@ -228,7 +257,15 @@ def reference_optimizer(config: PipelineConfig, train_documents: int):
     return build_optimizer(settings, math.ceil(train_documents / config.train.batch_size))
 
 
-def run_reference(config: PipelineConfig) -> dict[str, Any]:
+def run_reference(config: PipelineConfig, full: bool = True, quick: bool = False, vocab_size: int | None = None,
+                  state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reference HAN trained and scored; with ``full``, its inference speed and explain latency too.
+
+    ``vocab_size`` (at least this seed's vocabulary; default exactly it) sizes the embedding. ``state``, kept
+    by the caller between seeds, holds the compiled model of an earlier seed: where it has the same shapes
+    and schedule it is trained again from this seed's freshly drawn weights and a fresh optimizer state, so
+    its training, validation and inference graphs are not traced again (XLA still compiles them anew:
+    setting the seed clears TensorFlow's kernel cache). The result is the same as a fresh model's."""
     import keras
     import tensorflow as tf
 
@@ -245,13 +282,26 @@ def run_reference(config: PipelineConfig) -> dict[str, Any]:
     labels = json.loads((prep / "labels.json").read_text())
     vocab = Vocabulary.load(prep / "vocab.json")
     m = config.model
-    model = build_reference_han(len(vocab), len(labels), embedding_dim=m.embedding.dim, word_units=m.word_units,
-                                sentence_units=m.sentence_units, word_context=m.word_attention.context_dim,
+    model = build_reference_han(max(vocab_size or 0, len(vocab)), len(labels), embedding_dim=m.embedding.dim,
+                                word_units=m.word_units, sentence_units=m.sentence_units,
+                                word_context=m.word_attention.context_dim,
                                 sentence_context=m.sentence_attention.context_dim)
-    trainer = keras.Model(model.input, model.output["probabilities"])
     t = config.train
-    trainer.compile(optimizer=reference_optimizer(config, len(splits["train"])),
-                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    state = {} if state is None else state
+    key = (max(vocab_size or 0, len(vocab)), len(labels), len(splits["train"]), config.model_dump_json(
+        include={"model", "train"}))
+    if state.get("key") == key:  # an earlier seed's compiled model: this seed's initial weights and optimizer state
+        state["model"].set_weights(model.get_weights())
+        model, trainer = state["model"], state["trainer"]
+        for variable, value in zip(trainer.optimizer.variables, state["optimizer"], strict=True):
+            variable.assign(value)
+    else:
+        trainer = keras.Model(model.input, model.output["probabilities"])
+        trainer.compile(optimizer=reference_optimizer(config, len(splits["train"])),
+                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        trainer.optimizer.build(trainer.trainable_variables)
+        state.update(key=key, model=model, trainer=trainer,
+                     optimizer=[np.array(variable.numpy()) for variable in trainer.optimizer.variables])
     has_validation = len(splits["validation"]) > 0
     callbacks = []
     if t.early_stopping.patience:
@@ -266,46 +316,42 @@ def run_reference(config: PipelineConfig) -> dict[str, Any]:
     train_peak = peak_rss_mb()
     epochs = len(history.history["loss"])
 
-    trainer.predict(x["test"][:INFER_BATCH], batch_size=INFER_BATCH, verbose=0)  # warm-up
+    if full:
+        trainer.predict(x["test"][:INFER_BATCH], batch_size=INFER_BATCH, verbose=0)  # warm-up
     started = time.perf_counter()
     probabilities = trainer.predict(x["test"], batch_size=INFER_BATCH, verbose=0)
     infer_seconds = time.perf_counter() - started
+    scores = {**_scores(splits["test"].labels, np.asarray(probabilities)),
+              "train_docs_per_s": round(len(splits["train"]) * epochs / seconds, 1), "train_seconds": round(seconds, 2),
+              "epochs": epochs}
+    if not full:
+        return scores
 
     # Explain: the same text processing as ours (sentences, tokens, ids), padded to 15 x 40, one forward pass.
     reader = RawTextClassifier(model, TextProcessor.load(prep / "text_processor.json"), vocab, labels,
                                MAX_SENTENCES, MAX_WORDS)
     forward = tf.function(lambda batch: model(batch, training=False))
-    latency = _latencies(lambda text: forward(pad_fixed(reader.encode([text]))), _raw_texts(prep, "test")[:EXPLAIN_DOCUMENTS])
-    return {**_scores(splits["test"].labels, np.asarray(probabilities)),
-            "train_docs_per_s": round(len(splits["train"]) * epochs / seconds, 1),
-            "infer_docs_per_s": round(len(splits["test"]) / infer_seconds, 1), **latency,
-            "train_seconds": round(seconds, 2), "train_peak_rss_mb": train_peak, "epochs": epochs,
-            "limits": {"max_sentences": MAX_SENTENCES, "max_words": MAX_WORDS}}
+    explained = QUICK_EXPLAIN_DOCUMENTS if quick else EXPLAIN_DOCUMENTS
+    latency = _latencies(lambda text: forward(pad_fixed(reader.encode([text]))), _raw_texts(prep, "test")[:explained])
+    return {**scores, "infer_docs_per_s": round(len(splits["test"]) / infer_seconds, 1), **latency,
+            "train_peak_rss_mb": train_peak, "limits": {"max_sentences": MAX_SENTENCES, "max_words": MAX_WORDS}}
 
 
-def run_tfidf(config: PipelineConfig) -> dict[str, Any]:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+def run_tfidf(config: PipelineConfig, full: bool = True, quick: bool = False) -> dict[str, Any]:
+    """TF-IDF + logistic regression as the evaluate stage runs it (``evaluate.baseline``; the benchmark sets
+    ``input: full_text``): the full raw text of the same split's documents."""
+    from pipeline.shards import load_split
+    from pipeline.stages.evaluate import run_baseline
 
     prep = config.stage_dir("preprocess")
-    labels = json.loads((prep / "labels.json").read_text())
-
-    def split(name: str) -> tuple[list[str], np.ndarray]:
-        rows = [json.loads(line) for line in (prep / f"{name}.documents.jsonl").read_text(encoding="utf-8").splitlines()]
-        return [" ".join(row["sentences"]) for row in rows], np.asarray([labels.index(row["label"]) for row in rows])
-
-    (train_texts, y_train), (test_texts, y_test) = split("train"), split("test")
-    started = time.perf_counter()
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=500_000)
-    classifier = LogisticRegression(C=10.0, max_iter=2000, random_state=config.seed)
-    classifier.fit(vectorizer.fit_transform(train_texts), y_train)
-    seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    probabilities = classifier.predict_proba(vectorizer.transform(test_texts))
-    infer_seconds = time.perf_counter() - started
-    return {**_scores(y_test, probabilities), "train_docs_per_s": round(len(train_texts) / seconds, 1),
-            "infer_docs_per_s": round(len(test_texts) / infer_seconds, 1), "train_seconds": round(seconds, 2),
-            "epochs": 1}
+    test = load_split(prep, "test")
+    probabilities, described = run_baseline(config, prep, test)
+    info = described["info"]
+    return {**_scores(test.labels, probabilities),
+            "train_docs_per_s": round(info["train_documents"] / max(info["fit_seconds"], 1e-6), 1),
+            "infer_docs_per_s": round(len(test) / max(info["predict_seconds"], 1e-6), 1),
+            "train_seconds": round(info["fit_seconds"], 2), "epochs": 1, "input": described["input"],
+            "settings": described["settings"], "features": info["features"]}
 
 
 def peak_rss_mb() -> float:
@@ -317,25 +363,80 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-RUNNERS = {"han": run_han, "reference_han": run_reference, "tfidf_lr": run_tfidf}
+def _each_seed(run, clear_session: bool = False):
+    """``configs, quick -> a result per seed``, from a runner of one seed: the first seed measured in full."""
+    def runner(configs: list[PipelineConfig], quick: bool):
+        for index, config in enumerate(configs):
+            if index and clear_session:
+                import keras
+
+                keras.backend.clear_session(free_memory=True)  # the train stage builds its graphs anew
+            yield run(config, full=index == 0, quick=quick)
+    return runner
 
 
-def child(system: str, dataset: str, quick: bool, data_path: str | None, extra: list[str]) -> int:
+def reference_seeds(configs: list[PipelineConfig], quick: bool):
+    """The reference HAN over the seeds, one compiled model for all of them: its embedding is sized for the
+    largest of the seeds' vocabularies (rows past a seed's vocabulary are never read)."""
+    from pipeline.vocab import Vocabulary
+
+    vocab_size = max(len(Vocabulary.load(config.stage_dir("preprocess") / "vocab.json")) for config in configs)
+    state: dict[str, Any] = {}
+    for index, config in enumerate(configs):
+        yield run_reference(config, full=index == 0, quick=quick, vocab_size=vocab_size, state=state)
+
+
+RUNNERS = {"han": _each_seed(run_han, clear_session=True), "reference_han": reference_seeds,
+           "tfidf_lr": _each_seed(run_tfidf)}
+
+
+def child(system: str, dataset: str, quick: bool, data_path: str | None, plan: list[tuple[int, list[str]]]) -> int:
+    """One system over every seed of ``plan`` (``(seed, overrides)`` each), a result line per seed.
+
+    The first seed is measured in full, in a process that has run nothing else, so its speed and
+    memory are the system's own; the later seeds only train and score."""
     from pipeline.runtime import apply_runtime
 
-    config = bench_config(dataset, quick, data_path, extra)
-    apply_runtime(config.runtime)  # every system on the same thread settings (like for like)
-    result = RUNNERS[system](config)
-    result["peak_rss_mb"] = peak_rss_mb()
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    configs = [bench_config(dataset, quick, data_path, extra, seed) for seed, extra in plan]
+    apply_runtime(configs[0].runtime)  # every system on the same thread settings (like for like)
+    for index, result in enumerate(RUNNERS[system](configs, quick)):
+        if index == 0:
+            result["peak_rss_mb"] = peak_rss_mb()  # before any later seed ran
+        print(RESULT_PREFIX + json.dumps({"seed": configs[index].seed, **result}), flush=True)
     return 0
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's figures over its seeds: accuracy and macro_f1 as means, with the per-seed values and
+    their spread (``SPREAD``); everything else (speed, latency, memory, limits) from the first seed."""
+    first = per_seed[0]
+    summary = {key: value for key, value in first.items() if key != "seed"}
+    summary["seeds"] = [r["seed"] for r in per_seed]
+    for metric in ("accuracy", "macro_f1"):
+        values = [r[metric] for r in per_seed]
+        summary[metric] = round(float(np.mean(values)), 4)
+        summary[f"{metric}_seeds"] = values
+        summary[f"{metric}_spread"] = round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else None
+    summary["per_seed"] = [{key: r.get(key) for key in ("seed", "accuracy", "macro_f1", "epochs", "train_seconds")}
+                           for r in per_seed]
+    return summary
 
 
 # ----------------------------------------------------------------------------- the whole benchmark
 
 
+def _version(*distributions: str, metadata) -> str:
+    """The installed version of the first of ``distributions`` found (read without importing it)."""
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 def machine() -> dict[str, Any]:
-    import tensorflow as tf
+    from importlib import metadata
 
     cpu = "unknown"
     try:
@@ -344,17 +445,18 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)}
+            "tensorflow": _version("tensorflow", "tensorflow-cpu", metadata=metadata), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)}
 
 
 def targets(dataset: str, systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where this run stands on each of issue #9's targets that its figures can answer.
+    """Where this run stands on each of issue #9's targets that its figures can answer (accuracies are
+    the means over the run's seeds), and on issue #28's: the HAN against TF-IDF + LR on the full text.
 
     One row per target: ``key``, ``target`` (words), ``value``, ``threshold``, ``met`` and
     ``shown`` (the value as the markdown prints it). A target needing a system the run did not
     include (``--systems``) is left out.
     """
-    han, reference = systems.get("han"), systems.get("reference_han")
+    han, reference, tfidf = systems.get("han"), systems.get("reference_han"), systems.get("tfidf_lr")
     rows = []
 
     def row(key: str, words: str, value: float, threshold: float, met: bool, shown: str) -> None:
@@ -369,6 +471,14 @@ def targets(dataset: str, systems: dict[str, dict[str, Any]]) -> list[dict[str, 
                 f"{ratio:.2f}x")
         row("accuracy_vs_reference", f"accuracy >= the reference's ({reference['accuracy']:.4f})", han["accuracy"],
             reference["accuracy"], han["accuracy"] >= reference["accuracy"], f"{han['accuracy']:.4f}")
+    if han and tfidf:
+        ahead = ""
+        if len(han.get("accuracy_seeds") or []) == len(tfidf.get("accuracy_seeds") or []) > 0:
+            wins = sum(h >= t for h, t in zip(han["accuracy_seeds"], tfidf["accuracy_seeds"], strict=True))
+            ahead = f" (ahead or level on {wins} of {len(han['accuracy_seeds'])} seeds)"
+        row("accuracy_vs_baseline", f"HAN >= baseline: accuracy >= TF-IDF + LR on the full text ({tfidf['accuracy']:.4f}), "
+            "mean over seeds", han["accuracy"], tfidf["accuracy"], han["accuracy"] >= tfidf["accuracy"],
+            f"{han['accuracy']:.4f}{ahead}")
     if han:
         if dataset in ACCURACY:
             row("accuracy", f"accuracy >= {ACCURACY[dataset]}", han["accuracy"], ACCURACY[dataset],
@@ -386,20 +496,51 @@ def targets(dataset: str, systems: dict[str, dict[str, Any]]) -> list[dict[str, 
     return rows
 
 
+def _mean_spread(values: dict[str, Any], metric: str) -> str:
+    """``0.9527 ± 0.0045`` (mean ± the spread over seeds), or the mean alone where there is no spread."""
+    if metric not in values:
+        return ""
+    spread = values.get(f"{metric}_spread")
+    return f"{values[metric]:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
+
+
+def _baseline_words(settings: dict[str, Any]) -> str:
+    cap = settings["max_features"]
+    return (f"TF-IDF + LR settings (`evaluate.baseline`): 1-{settings['ngram_max']} grams, min_df {settings['min_df']}, "
+            f"{'sublinear' if settings['sublinear_tf'] else 'raw'} tf, C={settings['C']:g}, "
+            + ("no feature cap" if cap is None else f"at most {cap:,} features")
+            + f", learnt from {settings['fit_on'].replace('_', ' + ')}")
+
+
 def markdown(results: dict[str, Any]) -> str:
-    columns = ["accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "explain_p50_ms", "explain_p95_ms",
+    columns = ["train_docs_per_s", "infer_docs_per_s", "explain_p50_ms", "explain_p95_ms",
                "peak_rss_mb", "train_peak_rss_mb", "train_seconds", "epochs"]
+    seeds = results.get("seeds")
     lines = [f"# Benchmark {results['date']}{' (quick)' if results['quick'] else ''}", "",
              f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores", ""]
+    if seeds:
+        lines += [f"Seeds: {', '.join(map(str, seeds))}. accuracy and macro_f1: mean ± {results.get('spread', SPREAD)}; "
+                  "speed, latency and memory: the first seed's run (a fresh process per system). tfidf_lr reads the "
+                  "full raw text of each document (not cut to the HANs' limits, no out-of-vocabulary token).", ""]
     for dataset, systems in results["datasets"].items():
-        lines += [f"## {dataset}", "", "| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        lines += [f"## {dataset}", ""]
+        split = results.get("splits", {}).get(dataset)
+        if split:
+            lines += [f"Split: {split}.", ""]
+        header = ["accuracy", "macro_f1", "accuracy per seed", *columns]
+        lines += ["| system | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for system, values in systems.items():
-            lines.append(f"| {system} | " + " | ".join(str(values.get(c, "")) for c in columns) + " |")
+            per_seed = " / ".join(f"{v:.4f}" for v in values.get("accuracy_seeds") or [])
+            cells = [_mean_spread(values, "accuracy"), _mean_spread(values, "macro_f1"), per_seed,
+                     *(str(values.get(c, "")) for c in columns)]
+            lines.append(f"| {system} | " + " | ".join(cells) + " |")
         han, reference = systems.get("han"), systems.get("reference_han")
         if han and reference:
             lines += ["", f"HAN / reference: training {han['train_docs_per_s'] / reference['train_docs_per_s']:.2f}x, "
                           f"inference {han['infer_docs_per_s'] / reference['infer_docs_per_s']:.2f}x, "
                           f"accuracy {han['accuracy']:.4f} vs {reference['accuracy']:.4f}"]
+        if "tfidf_lr" in systems and systems["tfidf_lr"].get("settings"):
+            lines += [_baseline_words(systems["tfidf_lr"]["settings"])]
         if han and han.get("word2vec_seconds"):
             lines += [f"HAN word vectors: word2vec on the training split first, {han['word2vec_seconds']:.0f} s "
                       "(not in train_seconds; the reference HAN starts from random vectors)"]
@@ -407,42 +548,72 @@ def markdown(results: dict[str, Any]) -> str:
             lines += [f"HAN training FLOP/s on real tokens: {han['flops']['fraction_of_matmul']:.1%} of a dense matmul's"]
         rows = results.get("targets", {}).get(dataset)
         if rows:
-            lines += ["", "Targets (issue #9)" + (": a quick run's subsample, not the full dataset the targets are for"
-                                                 if results["quick"] else ""), "",
-                      "| target | this run | met |", "|---|---|---|"]
+            lines += ["", "Targets (issue #9; HAN >= baseline: issue #28)"
+                      + (": a quick run's subsample, not the full dataset the targets are for" if results["quick"] else ""),
+                      "", "| target | this run | met |", "|---|---|---|"]
             lines += [f"| {r['target']} | {r['shown']} | {'yes' if r['met'] else '**no**'} |" for r in rows]
         lines.append("")
     return "\n".join(lines)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"42,1,2"`` -> ``[42, 1, 2]``; a ValueError for anything else (a word, a repeat, none)."""
+    wrong = ValueError(f"--seeds {text!r}: give distinct whole numbers separated by commas, e.g. 42,1,2")
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise wrong from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise wrong
+    return seeds
+
+
+def split_words(prep_dir: Path) -> str:
+    """How a seed makes the split of a preprocessed dataset (``stats.json``'s ``split_source``)."""
+    source = json.loads((prep_dir / "stats.json").read_text())["split_source"]
+    if source == "dataset":
+        return ("the dataset's own train/test split, the same test documents for every seed; each seed carves the "
+                "validation split from the training one and initialises the models")
+    return "a stratified train/validation/test split drawn from each seed, which also initialises the models"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_PER_CLASS} documents per class, "
-                                                             "2 epochs")
+                                                             f"2 epochs, seeds {','.join(map(str, QUICK_SEEDS))}")
     parser.add_argument("--datasets", default="bbc,imdb", help="comma-separated, of: " + ", ".join(DATASETS))
     parser.add_argument("--per-class", type=int, default=QUICK_PER_CLASS,
                         help=f"documents per class (and split) with --quick (default {QUICK_PER_CLASS})")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, of: " + ", ".join(SYSTEMS))
+    parser.add_argument("--seeds", help="comma-separated seeds, each a split (where the dataset has none) and an "
+                                        f"initialisation (default {','.join(map(str, SEEDS))}; with --quick "
+                                        f"{','.join(map(str, QUICK_SEEDS))})")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results",
                         help="folder for <date>.json and <date>.md (default benchmarks/results/)")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", choices=list(DATASETS), help=argparse.SUPPRESS)
     parser.add_argument("--data-path", help=argparse.SUPPRESS)
-    parser.add_argument("--set", action="append", default=[], dest="overrides", help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)  # JSON: [[seed, [override, ...]], ...]
     args = parser.parse_args(argv)
     if args.child:
-        return child(args.child, args.dataset, args.quick, args.data_path, args.overrides)
+        return child(args.child, args.dataset, args.quick, args.data_path, json.loads(args.plan))
 
     datasets = [d for d in args.datasets.split(",") if d]
     systems = [s for s in args.systems.split(",") if s]
     unknown = [d for d in datasets if d not in DATASETS] + [s for s in systems if s not in SYSTEMS]
     if unknown:
         parser.error(f"unknown dataset or system: {', '.join(unknown)}")
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds else list(QUICK_SEEDS if args.quick else SEEDS)
+    except ValueError as err:
+        parser.error(str(err))
     from pipeline.stages import preprocess
 
     date = dt.date.today().isoformat()
-    results: dict[str, Any] = {"date": date, "quick": args.quick, "machine": machine(), "datasets": {}}
+    results: dict[str, Any] = {"date": date, "quick": args.quick, "machine": machine(), "seeds": seeds,
+                               "spread": SPREAD, "speed_and_memory": "the first seed's run, a fresh process per system",
+                               "splits": {}, "datasets": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{date}{'-quick' if args.quick else ''}"
     json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
@@ -452,31 +623,39 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick:
                 source = data_root() / ("bbc" if dataset == "bbc" else "aclImdb.tar.gz")
                 data_path = str(quick_corpus(dataset, source, Path(scratch), args.per_class))
-            config = bench_config(dataset, args.quick, data_path)
-            results.setdefault("runtime", config.runtime.model_dump())  # TensorFlow's threads, for every system
-            log(f"{dataset}: preprocessing ({config.resolved_data_path()})")
-            preprocess.run(config)
-            extra = limits_at_least_reference(config)
-            if extra:
-                log(f"{dataset}: the p95 limits are below the reference's 15 x 40; preprocessing again with {extra}")
-                config = bench_config(dataset, args.quick, data_path, extra)
+            plan: list[tuple[int, list[str]]] = []
+            for seed in seeds:
+                config = bench_config(dataset, args.quick, data_path, seed=seed)
+                results.setdefault("runtime", config.runtime.model_dump())  # TensorFlow's threads, for every system
+                log(f"{dataset}: seed {seed}: preprocessing ({config.resolved_data_path()})")
                 preprocess.run(config)
+                extra = limits_at_least_reference(config)
+                if extra:
+                    log(f"{dataset}: seed {seed}: the p95 limits are below the reference's 15 x 40; "
+                        f"preprocessing again with {extra}")
+                    config = bench_config(dataset, args.quick, data_path, extra, seed)
+                    preprocess.run(config)
+                plan.append((seed, extra))
+                results["splits"].setdefault(dataset, split_words(config.stage_dir("preprocess")))
             results["datasets"][dataset] = {}
             for system in systems:
-                log(f"{dataset}: {system} ...")
-                command = [sys.executable, "-m", "benchmarks.compare", "--child", system, "--dataset", dataset]
+                log(f"{dataset}: {system} over seeds {', '.join(map(str, seeds))} ...")
+                command = [sys.executable, "-m", "benchmarks.compare", "--child", system, "--dataset", dataset,
+                           "--plan", json.dumps(plan)]
                 command += ["--quick", "--data-path", data_path] if args.quick else []
-                command += [arg for item in extra for arg in ("--set", item)]
                 started = time.perf_counter()
                 done = subprocess.run(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
                 if done.returncode != 0:
                     log(f"{dataset}: {system} failed (exit {done.returncode}); see its output above")
                     return 1
-                line = next(line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX))
-                results["datasets"][dataset][system] = json.loads(line.removeprefix(RESULT_PREFIX))
+                per_seed = [json.loads(line.removeprefix(RESULT_PREFIX)) for line in done.stdout.splitlines()
+                            if line.startswith(RESULT_PREFIX)]
+                summary = summarize(per_seed)
+                results["datasets"][dataset][system] = summary
                 results.setdefault("targets", {})[dataset] = targets(dataset, results["datasets"][dataset])
-                log(f"{dataset}: {system} done in {time.perf_counter() - started:.0f}s: "
-                    f"{json.dumps(results['datasets'][dataset][system])}")
+                log(f"{dataset}: {system} done in {time.perf_counter() - started:.0f}s: accuracy "
+                    f"{_mean_spread(summary, 'accuracy')} (seeds {summary['accuracy_seeds']}); first seed: "
+                    f"{json.dumps(per_seed[0])}")
                 # Written after every system: an interrupted run keeps what it measured.
                 json_path.write_text(json.dumps(results, indent=2) + "\n")
                 md_path.write_text(markdown(results))
@@ -495,8 +674,13 @@ def _track(results: dict[str, Any], *paths: Path) -> None:
     mlflow.set_experiment("benchmarks")
     with mlflow.start_run(run_name=f"bench-{results['date']}{'-quick' if results['quick'] else ''}"):
         mlflow.log_params(flatten(results["machine"], "machine."))
+        mlflow.log_params({"seeds": ",".join(map(str, results.get("seeds", []))), "spread": results.get("spread", "")})
         metrics = {f"{d}.{s}.{k}": float(v) for d, systems in results["datasets"].items()
                    for s, values in systems.items() for k, v in values.items() if isinstance(v, int | float)}
+        metrics.update({f"{d}.{s}.{k.removesuffix('_seeds')}.seed{seed}": float(v)
+                        for d, systems in results["datasets"].items() for s, values in systems.items()
+                        for k in ("accuracy_seeds", "macro_f1_seeds")
+                        for seed, v in zip(values.get("seeds", []), values.get(k) or [], strict=False)})
         metrics.update({f"{d}.target_met.{r['key']}": float(r["met"]) for d, rows in results.get("targets", {}).items()
                         for r in rows})
         mlflow.log_metrics(metrics)

@@ -322,12 +322,18 @@ def _short_settings(settings: list[str]) -> str:
 
 # --------------------------------------------------------------------------- baseline
 def tfidf_baseline(train_texts: list[str], train_labels: np.ndarray, test_texts: list[str], num_classes: int, *,
-                   max_features: int, ngram_max: int, C: float, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+                   max_features: int | None, ngram_max: int, C: float, seed: int, min_df: int = 1,
+                   sublinear_tf: bool = True, pretokenized: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
     """TF-IDF + logistic regression probabilities for the test texts: the bar a HAN has to clear.
 
-    Texts arrive pre-tokenised and lowercased (tokens joined by spaces), so they are split on whitespace
-    and not lowercased again. The result always has ``num_classes`` columns: classes absent from the
-    training labels get probability 0 (a training split with one class predicts it with certainty).
+    ``pretokenized`` texts are tokens joined by spaces (already lowercased where the tokenizer does it), so
+    they are split on whitespace and not lowercased again. Otherwise they are documents as written, read
+    the way a person would run scikit-learn on them: lowercased, words of two or more word characters.
+    ``info`` has ``fit_seconds`` (vectorizer and classifier learnt) and ``predict_seconds`` (test texts
+    vectorized and classified) apart. ``min_df`` drops n-grams found in fewer training documents; when that leaves nothing (a training split
+    of one or two documents) it falls back to 1, and ``info["min_df"]`` says which was used. The result always
+    has ``num_classes`` columns: classes absent from the training labels get probability 0 (a training split
+    with one class predicts it with certainty).
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -338,17 +344,34 @@ def tfidf_baseline(train_texts: list[str], train_labels: np.ndarray, test_texts:
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(f"training labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
     started = time.perf_counter()
-    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, ngram_max), max_features=max_features, min_df=1,
-                                 lowercase=False, tokenizer=str.split, token_pattern=None)
-    train_matrix = vectorizer.fit_transform(train_texts)
-    test_matrix = vectorizer.transform(test_texts)
-    probabilities = np.zeros((len(test_texts), num_classes), dtype=np.float64)
+    reading = {"lowercase": False, "tokenizer": str.split, "token_pattern": None} if pretokenized else {}
+
+    def vectorizer(documents: int) -> TfidfVectorizer:
+        return TfidfVectorizer(sublinear_tf=sublinear_tf, ngram_range=(1, ngram_max), max_features=max_features,
+                               min_df=documents, **reading)
+
+    used_min_df = min_df
+    try:
+        tfidf = vectorizer(min_df)
+        train_matrix = tfidf.fit_transform(train_texts)
+    except ValueError as err:
+        if min_df == 1 or "no terms remain" not in str(err):
+            raise
+        used_min_df = 1
+        tfidf = vectorizer(1)
+        train_matrix = tfidf.fit_transform(train_texts)
     present = np.unique(y)
-    if len(present) == 1:
-        probabilities[:, present[0]] = 1.0
-    else:
+    classifier = None
+    if len(present) > 1:
         classifier = LogisticRegression(C=C, max_iter=2000, random_state=seed)
         classifier.fit(train_matrix, y)
+    fitted = time.perf_counter()
+    probabilities = np.zeros((len(test_texts), num_classes), dtype=np.float64)
+    test_matrix = tfidf.transform(test_texts)
+    if classifier is None:
+        probabilities[:, present[0]] = 1.0
+    else:
         probabilities[:, classifier.classes_] = classifier.predict_proba(test_matrix)
-    info = {"fit_seconds": round(time.perf_counter() - started, 3), "features": len(vectorizer.vocabulary_)}
+    info = {"fit_seconds": round(fitted - started, 3), "predict_seconds": round(time.perf_counter() - fitted, 3),
+            "features": len(tfidf.vocabulary_), "train_documents": len(y), "min_df": used_min_df}
     return probabilities, info

@@ -11,8 +11,11 @@ Input: the preprocess and train stages' outputs. Output: ``artifacts/<name>/eval
 
 Everything also goes to one MLflow run, and the verdict is tagged on the registered model version.
 
-The baseline sees exactly the HAN's tokens (same vocabulary, same truncation), so the comparison is
-about the model, not the preprocessing. The champion is re-scored through its own raw-text model
+The baseline reads the same split's documents as a user would give them to TF-IDF: their full text
+(``evaluate.baseline.input: full_text``, the default), not cut to the HAN's limits and without its
+out-of-vocabulary token, so the HAN is measured against what the plain method reaches on the same
+data; ``input: tokens`` gives it exactly the HAN's tokens instead (same vocabulary, same truncation),
+to compare the models alone. ``metrics.json`` records which, with its settings. The champion is re-scored through its own raw-text model
 on the same test documents, so a champion trained with other preprocessing is judged fairly.
 """
 
@@ -29,6 +32,7 @@ import numpy as np
 
 from pipeline.artifacts import MANIFEST, atomic_directory, output_hashes, read_json, read_manifest, write_json
 from pipeline.config import GateConfig, PipelineConfig
+from pipeline.tracking import check_before_commit
 
 STAGE_VERSION = 1
 
@@ -72,6 +76,60 @@ def token_texts(split, vocab_tokens: list[str]) -> list[str]:
     return texts
 
 
+def document_texts(prep_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    """``(ids, texts)`` of a split's documents, whole: ``<split>.documents.jsonl`` keeps every sentence of a
+    document (not cut to the limits, no out-of-vocabulary token; Unicode-normalized, HTML tags made paragraph
+    breaks, as preprocessing reads them), joined here by blank lines."""
+    ids, texts = [], []
+    with open(prep_dir / f"{split}.documents.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            ids.append(str(row["id"]))
+            texts.append("\n\n".join(row["sentences"]))
+    return ids, texts
+
+
+def baseline_settings(config: PipelineConfig) -> dict[str, Any]:
+    """What the baseline was run with (``evaluate.baseline`` less ``enabled``), for metrics.json and the logs."""
+    return config.evaluate.baseline.model_dump(exclude={"enabled"})
+
+
+def run_baseline(config: PipelineConfig, prep_dir: Path, test) -> tuple[np.ndarray, dict[str, Any]]:
+    """The TF-IDF + logistic regression baseline's test probabilities (``evaluate.baseline``) and what it did.
+
+    It learns from the training split (and the validation split with ``fit_on: train_validation``) and
+    reads either the documents' full text or the HAN's encoded tokens (``input``).
+    """
+    from pipeline.metrics import tfidf_baseline
+    from pipeline.shards import load_split
+
+    settings = config.evaluate.baseline
+    vocab_tokens = read_json(prep_dir / "vocab.json")["tokens"] if settings.input == "tokens" else None
+
+    def texts(name: str, split) -> list[str]:
+        if vocab_tokens is not None:
+            return token_texts(split, vocab_tokens)
+        ids, full = document_texts(prep_dir, name)
+        if ids != [str(doc_id) for doc_id in split.ids]:
+            raise EvaluateError(f"{prep_dir / f'{name}.documents.jsonl'} does not list the {name} split's documents in "
+                                f"the shards' order; preprocess again (`{config.command('preprocess', '--force')}`)")
+        return full
+
+    fit_on = ["train", "validation"] if settings.fit_on == "train_validation" else ["train"]
+    train_texts: list[str] = []
+    train_labels = []
+    for name in fit_on:
+        split = load_split(prep_dir, name)
+        train_texts += texts(name, split)
+        train_labels.append(np.asarray(split.labels))
+    num_classes = len(read_json(prep_dir / "labels.json"))
+    probabilities, fitted = tfidf_baseline(
+        train_texts, np.concatenate(train_labels), texts("test", test), num_classes,
+        max_features=settings.max_features, ngram_max=settings.ngram_max, C=settings.C, seed=config.seed,
+        min_df=settings.min_df, sublinear_tf=settings.sublinear_tf, pretokenized=settings.input == "tokens")
+    return probabilities, {"input": settings.input, "settings": baseline_settings(config), "info": fitted}
+
+
 # --------------------------------------------------------------------------- champion and gate
 def champion_version(registered_model: str):
     """The registered model version holding the ``champion`` alias, or None."""
@@ -86,18 +144,26 @@ def champion_version(registered_model: str):
 
 
 def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list[str], y_true: np.ndarray) -> dict[str, Any]:
-    """The champion's metrics on the same test documents, read through its own raw-text model."""
-    import mlflow
+    """The champion's metrics on the same test documents, read through its own raw-text model
+    (loaded only when its files are those recorded at its registration)."""
     import pandas as pd
 
     from pipeline.metrics import classification_metrics
+    from pipeline.registry import ModelIntegrityError, verified_model
 
     rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]
     # Blank lines are paragraph breaks: each stored sentence stays one sentence when re-read.
     texts = ["\n\n".join(row["sentences"]) for row in rows]
     uri = f"models:/{config.tracking.registered_model}/{version.version}"
     started = time.perf_counter()
-    model = mlflow.pyfunc.load_model(uri)
+    try:
+        model = verified_model(uri)
+    except ModelIntegrityError as err:
+        name = config.tracking.registered_model
+        raise EvaluateError(
+            f"cannot re-score the champion: {err}. To judge without it, point the alias at a version whose files "
+            f"check out (MlflowClient().set_registered_model_alias({name!r}, 'champion', '<version>')) or remove it "
+            f"(MlflowClient().delete_registered_model_alias({name!r}, 'champion'))") from None
     # The raw-text model refuses requests over its limits (serve.max_texts, serve.max_characters):
     # a test split of any size is scored in requests within them.
     answers = pd.concat([model.predict(pd.DataFrame({"text": chunk})) for chunk in request_batches(texts)],
@@ -173,12 +239,12 @@ def _reason(check: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def run(config: PipelineConfig) -> EvaluateResult:
-    from pipeline.metrics import classification_metrics, tfidf_baseline
+    from pipeline.metrics import classification_metrics
     from pipeline.model import load_han
     from pipeline.runtime import apply_runtime
     from pipeline.shards import load_split
 
-    apply_runtime(config.runtime)
+    apply_runtime(config.resolved().runtime)
     prep_dir = config.stage_dir("preprocess")
     train_dir = config.stage_dir("train")
     train_manifest = read_manifest(train_dir)
@@ -202,16 +268,13 @@ def run(config: PipelineConfig) -> EvaluateResult:
 
     baseline = baseline_probabilities = None
     if settings.baseline.enabled:
-        train = load_split(prep_dir, "train")
-        vocab_tokens = read_json(prep_dir / "vocab.json")["tokens"]
-        baseline_probabilities, info = tfidf_baseline(
-            token_texts(train, vocab_tokens), train.labels, token_texts(test, vocab_tokens), len(labels),
-            max_features=settings.baseline.max_features, ngram_max=settings.baseline.ngram_max,
-            C=settings.baseline.C, seed=config.seed)
+        baseline_probabilities, described = run_baseline(config, prep_dir, test)
         baseline = classification_metrics(test.labels, baseline_probabilities, labels, settings.calibration_bins)
-        baseline["info"] = info
-        _log(f"TF-IDF + logistic regression baseline: accuracy {baseline['accuracy']:.4f}, "
-             f"macro F1 {baseline['macro_f1']:.4f}")
+        baseline.update(described)
+        info = described["info"]
+        _log(f"TF-IDF + logistic regression baseline ({'full text' if described['input'] == 'full_text' else 'HAN tokens'}"
+             f", learnt from {settings.baseline.fit_on.replace('_', ' + ')}: {info['train_documents']:,} documents, "
+             f"{info['features']:,} n-grams): accuracy {baseline['accuracy']:.4f}, macro F1 {baseline['macro_f1']:.4f}")
 
     from pipeline.stages.train import ensure_tracked
 
@@ -250,6 +313,7 @@ def run(config: PipelineConfig) -> EvaluateResult:
         manifest = {"stage": "evaluate", "created": result["created"], "train_fingerprint": train_manifest.get("fingerprint"),
                     "gate_passed": verdict["passed"], "outputs": output_hashes(staging)}
         write_json(staging / MANIFEST, manifest)
+        check_before_commit()  # a locked or full tracking store: refused now, not after the commit
     _track(config, out_dir, result, registered, started)
     return EvaluateResult(out_dir, result)
 
@@ -284,6 +348,9 @@ def _track(config: PipelineConfig, out_dir: Path, result: dict[str, Any], regist
 
     verdict = result["gate"]
     tags = {"gate.passed": str(verdict["passed"]).lower(), "han.model_version": str(registered)}
+    if result["baseline"] is not None:
+        tags["baseline.input"] = result["baseline"]["input"]
+        tags["baseline.fit_on"] = result["baseline"]["settings"]["fit_on"]
     with stage_run(config, "evaluate", tags, started=started) as run:
         log_datasets(config, config.stage_dir("preprocess"), ("test",))
         values = flat_metrics(result["model"], prefix="test.")

@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.artifacts import MANIFEST, atomic_directory, output_hashes, read_json, read_manifest, write_json
 from pipeline.config import PipelineConfig
+from pipeline.tracking import check_before_commit
 
 STAGE_VERSION = 1
 
@@ -116,9 +117,12 @@ def evaluate_figures(config: PipelineConfig) -> tuple[list[tuple[str, Path]], li
     trained = read_manifest(config.stage_dir("train")) or {}
     if evaluated.get("train_fingerprint") != trained.get("fingerprint"):
         return [], [f"the evaluate stage's plots are left out: they are of an earlier model; run `{config.command('evaluate')}`"]
+    metrics_path = evaluate_dir / "metrics.json"
+    baseline = (read_json(metrics_path).get("baseline") or {}) if metrics_path.is_file() else {}
+    read = {"full_text": "their full text", "tokens": "the HAN's tokens"}.get(baseline.get("input"), "the same tokens")
     return [("The HAN on the test split (evaluate stage): rows are the true class, columns the predicted one; "
              "colour is the share of the true class.", evaluate_dir / "confusion_matrix.png"),
-            ("The TF-IDF + logistic regression baseline on the same documents and tokens.",
+            (f"The TF-IDF + logistic regression baseline on the same documents, reading {read}.",
              evaluate_dir / "baseline_confusion_matrix.png")], []
 
 
@@ -152,7 +156,7 @@ def run(config: PipelineConfig, texts: list[str] | None = None, labels_given: li
     """Explain the test split (default) or the given raw texts."""
     from pipeline.runtime import apply_runtime
 
-    apply_runtime(config.runtime)
+    apply_runtime(config.resolved().runtime)
     train_dir = config.stage_dir("train")
     if read_manifest(train_dir) is None or not (train_dir / "bundle").is_dir():
         raise ExplainError(f"no trained model in {train_dir}; run `{config.command('train')}` "
@@ -241,19 +245,21 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
         _log(f"evidence hit rate: the top sentence is a planted evidence sentence in {hits['hit_rate']:.1%} "
              f"of {hits['documents']} documents")
     _log(_faithfulness_line(faith) + f" ({time.perf_counter() - measured:.1f}s)")
+    _log(_faithfulness_line(faith, "sufficiency") + " (lower = the k sentences alone keep the prediction)")
     return _write(config, explanations, labels, faith, started)
 
 
-def _faithfulness_line(faith: dict[str, Any]) -> str:
+def _faithfulness_line(faith: dict[str, Any], measure: str = "comprehensiveness") -> str:
+    """One measure per k, attention's top-k sentences against k random ones (``pipeline.faithfulness``)."""
     parts = []
     for k in faith["ks"]:
         key = str(k)
-        mine, chance = faith["attention"]["comprehensiveness"][key], faith["random"]["comprehensiveness"][key]
+        mine, chance = faith["attention"][measure][key], faith["random"][measure][key]
         if mine is None or chance is None:
             parts.append(f"k={k}: no document has more than {k} sentences")
             continue
         parts.append(f"k={k}: {mine:.3f} vs random {chance:.3f}")
-    return "comprehensiveness (attention vs random) " + ", ".join(parts)
+    return f"{measure} (attention vs random) " + ", ".join(parts)
 
 
 def _write(config: PipelineConfig, explanations, labels, faith, started) -> ExplainResult:
@@ -266,7 +272,9 @@ def _write(config: PipelineConfig, explanations, labels, faith, started) -> Expl
     summary_by_class = class_summary(explanations, labels, config.explain.top_n)
     accuracy = float(np.mean([e["correct"] for e in explanations]))
     notes = [f"{len(explanations):,} test documents, accuracy {accuracy:.4f}",
-             _faithfulness_line(faith) + " (ERASER; higher = attention picks sentences the decision depends on)"]
+             _faithfulness_line(faith) + " (ERASER; higher = attention picks sentences the decision depends on)",
+             _faithfulness_line(faith, "sufficiency") + " (ERASER; lower = the attended sentences alone keep the "
+             "prediction)"]
     if "evidence" in faith:
         notes.append(f"evidence hit rate {faith['evidence']['hit_rate']:.1%} (demo corpus: top sentence is a planted one)")
     selection = _report_selection(explanations, config.explain.report_documents)
@@ -288,6 +296,7 @@ def _write(config: PipelineConfig, explanations, labels, faith, started) -> Expl
         write_json(staging / MANIFEST, {"stage": "explain", "stage_version": STAGE_VERSION,
                                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                         "documents": len(explanations), "outputs": output_hashes(staging)})
+        check_before_commit()  # a locked or full tracking store: refused now, not after the commit
     with stage_run(config, "explain", started=started):
         metrics = flat_metrics(faith)
         if "evidence" in faith:

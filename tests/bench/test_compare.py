@@ -1,7 +1,7 @@
 """``make bench`` in ``--quick`` mode: the real pipeline pieces on a few real BBC documents.
 
-A smoke test of the harness (it runs, every system reports every figure, the JSON has the
-documented shape, the run is in MLflow), not of the targets: those need the full benchmark
+A smoke test of the harness (it runs, every system reports every figure over two seeds, the JSON
+has the documented shape, the run is in MLflow), not of the targets: those need the full benchmark
 (`make bench`). IMDB goes through the same code once its subsample is made (tested below);
 `make bench-quick` runs both datasets (about 4 minutes).
 """
@@ -15,7 +15,16 @@ import sys
 
 import pytest
 
-from benchmarks.compare import SYSTEMS, han_training_flops, markdown, quick_corpus, reference_optimizer, targets
+from benchmarks.compare import (
+    SYSTEMS,
+    han_training_flops,
+    markdown,
+    parse_seeds,
+    quick_corpus,
+    reference_optimizer,
+    summarize,
+    targets,
+)
 from pipeline.config import PROJECT_ROOT, load_config
 
 FIGURES = {"accuracy", "macro_f1", "train_docs_per_s", "infer_docs_per_s", "peak_rss_mb", "train_seconds", "epochs"}
@@ -36,12 +45,23 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
     # every system's threads and arenas (malloc_trim_steps: our train stage's own)
     assert results["runtime"] == {"intra_op_threads": 1, "inter_op_threads": None, "malloc_arenas": 2, "malloc_trim_steps": 25}
     assert sorted(results["datasets"]) == ["bbc"]
+    assert results["seeds"] == [42, 1] and "standard deviation" in results["spread"]  # --quick's two seeds
+    assert "stratified" in results["splits"]["bbc"]  # BBC has no split of its own: each seed draws one
     for dataset, systems in results["datasets"].items():
         assert sorted(systems) == sorted(SYSTEMS)
         for system, values in systems.items():
             assert (HAN_FIGURES if system != "tfidf_lr" else FIGURES) <= set(values), (dataset, system)
             assert 0.0 <= values["accuracy"] <= 1.0 and values["train_docs_per_s"] > 0
             assert values["infer_docs_per_s"] > 0 and values["peak_rss_mb"] > 50
+            # Every system over every seed: the mean, each seed's figure and their spread.
+            assert values["seeds"] == [42, 1] and [r["seed"] for r in values["per_seed"]] == [42, 1]
+            for metric in ("accuracy", "macro_f1"):
+                per_seed = values[f"{metric}_seeds"]
+                assert len(per_seed) == 2 and per_seed == [r[metric] for r in values["per_seed"]]
+                assert values[metric] == pytest.approx(sum(per_seed) / 2, abs=1e-4)
+                assert values[f"{metric}_spread"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2 ** 0.5, abs=1e-4)
+        # The baseline reads the full raw text of the same split, with evaluate.baseline's settings.
+        assert systems["tfidf_lr"]["input"] == "full_text" and systems["tfidf_lr"]["settings"]["min_df"] == 2
         for system in ("han", "reference_han"):  # the peak when training ended, then the whole process's
             assert 50 < systems[system]["train_peak_rss_mb"] <= systems[system]["peak_rss_mb"]
         assert systems["reference_han"]["limits"] == {"max_sentences": 15, "max_words": 40}
@@ -49,14 +69,18 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
         assert systems["han"]["word2vec_seconds"] is None  # configs/bbc.yaml learns no vectors first (the stage test has some)
     table = json_path.with_suffix(".md").read_text()
     assert "| han |" in table and "HAN / reference: training" in table
+    han, reference, tfidf = (results["datasets"]["bbc"][name] for name in ("han", "reference_han", "tfidf_lr"))
+    assert f"| han | {han['accuracy']:.4f} ± {han['accuracy_spread']:.4f} |" in table
+    assert "Seeds: 42, 1." in table and "full raw text" in table
     # Where the run stands on the issue's targets, from its own figures (a quick run says it is one).
     rows = {row["key"]: row for row in results["targets"]["bbc"]}
-    assert set(rows) == {"training_ratio", "inference_ratio", "accuracy_vs_reference", "accuracy", "train_minutes",
-                         "explain_p50_ms"}
-    han, reference = results["datasets"]["bbc"]["han"], results["datasets"]["bbc"]["reference_han"]
+    assert set(rows) == {"training_ratio", "inference_ratio", "accuracy_vs_reference", "accuracy_vs_baseline",
+                         "accuracy", "train_minutes", "explain_p50_ms"}
     assert rows["training_ratio"]["value"] == round(han["train_docs_per_s"] / reference["train_docs_per_s"], 4)
     assert rows["accuracy"]["met"] == (han["accuracy"] >= 0.985)
-    assert "Targets (issue #9): a quick run's subsample" in table
+    assert rows["accuracy_vs_baseline"]["met"] == (han["accuracy"] >= tfidf["accuracy"])
+    assert rows["accuracy_vs_baseline"]["threshold"] == tfidf["accuracy"] and "HAN >= baseline" in table
+    assert "Targets (issue #9; HAN >= baseline: issue #28): a quick run's subsample" in table
 
     import mlflow
 
@@ -65,6 +89,7 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
                               filter_string="attributes.run_name LIKE 'bench-%'")
     assert len(runs) == 1 and "bbc.han.accuracy" in runs[0].data.metrics
     assert runs[0].data.metrics["bbc.target_met.accuracy"] == float(rows["accuracy"]["met"])
+    assert runs[0].data.metrics["bbc.tfidf_lr.accuracy.seed1"] == tfidf["accuracy_seeds"][1]
 
 
 def _figures(**han):
@@ -72,6 +97,43 @@ def _figures(**han):
             "word2vec_seconds": None, "explain_p50_ms": 8.0, "train_peak_rss_mb": 1700.0}
     return {"han": {**base, **han}, "reference_han": {**base, "accuracy": 0.90, "train_docs_per_s": 100.0,
                                                       "infer_docs_per_s": 500.0}}
+
+
+def test_each_system_is_summarised_over_its_seeds():
+    per_seed = [{"seed": 42, "accuracy": 0.95, "macro_f1": 0.94, "train_docs_per_s": 300.0, "epochs": 5, "peak_rss_mb": 900.0},
+                {"seed": 1, "accuracy": 0.97, "macro_f1": 0.96, "train_docs_per_s": 250.0, "epochs": 4},
+                {"seed": 2, "accuracy": 0.96, "macro_f1": 0.95, "train_docs_per_s": 280.0, "epochs": 6}]
+    summary = summarize(per_seed)
+    assert summary["seeds"] == [42, 1, 2]
+    assert summary["accuracy"] == 0.96 and summary["accuracy_seeds"] == [0.95, 0.97, 0.96]
+    assert summary["accuracy_spread"] == 0.01 and summary["macro_f1_spread"] == 0.01  # sample std (n - 1)
+    assert summary["macro_f1"] == 0.95 and summary["macro_f1_seeds"] == [0.94, 0.96, 0.95]
+    # Speed and memory: the first seed's (its own fresh process); each seed's epochs kept beside.
+    assert summary["train_docs_per_s"] == 300.0 and summary["peak_rss_mb"] == 900.0 and "seed" not in summary
+    assert [r["epochs"] for r in summary["per_seed"]] == [5, 4, 6]
+    assert summarize(per_seed[:1])["accuracy_spread"] is None  # one seed: no spread
+
+
+@pytest.mark.parametrize("bad", ["42,42", "4x", ",", ""])
+def test_seeds_are_distinct_whole_numbers(bad):
+    assert parse_seeds("42, 1,2") == [42, 1, 2]
+    with pytest.raises(ValueError, match="distinct whole numbers"):
+        parse_seeds(bad)
+
+
+def test_the_han_is_checked_against_the_full_text_baseline_seed_by_seed():
+    def systems(han: list[float], tfidf: list[float]) -> dict:
+        return {name: {**_figures()["han"], "accuracy": round(sum(v) / len(v), 4), "accuracy_seeds": v}
+                for name, v in (("han", han), ("tfidf_lr", tfidf))}
+
+    row = next(r for r in targets("bbc", systems([0.95, 0.94, 0.96], [0.957, 0.93, 0.96]))
+               if r["key"] == "accuracy_vs_baseline")
+    assert row["met"] and row["value"] == 0.95 and row["threshold"] == 0.949  # means: 0.9500 vs 0.9490
+    assert row["shown"] == "0.9500 (ahead or level on 2 of 3 seeds)" and "full text" in row["target"]
+    row = next(r for r in targets("bbc", systems([0.95, 0.94, 0.96], [0.96, 0.95, 0.97]))
+               if r["key"] == "accuracy_vs_baseline")
+    assert not row["met"] and row["shown"] == "0.9500 (ahead or level on 0 of 3 seeds)"
+    assert "accuracy_vs_baseline" not in {r["key"] for r in targets("bbc", _figures())}  # no baseline in the run
 
 
 def test_targets_are_checked_against_the_runs_own_figures():

@@ -196,7 +196,7 @@ def test_baseline_learns_separable_text_and_keeps_every_class_column():
     assert m["accuracy"] == 1.0
     again, _ = tfidf_baseline(train, labels, test, 3, max_features=100, ngram_max=2, C=10.0, seed=0)
     np.testing.assert_array_equal(probabilities, again)
-    assert info["features"] > 6 and info["fit_seconds"] >= 0  # bigrams counted too
+    assert info["features"] > 6 and info["fit_seconds"] >= 0 and info["predict_seconds"] >= 0  # bigrams counted too
     _, unigrams = tfidf_baseline(train, labels, test, 3, max_features=100, ngram_max=1, C=10.0, seed=0)
     assert unigrams["features"] == 6
 
@@ -205,6 +205,22 @@ def test_baseline_keeps_case_and_splits_on_whitespace_only():
     _, info = tfidf_baseline(["Cat cat", "a-b c.d"], np.array([0, 1]), ["cat"], 2, max_features=100, ngram_max=1,
                              C=1.0, seed=0)
     assert info["features"] == 4  # "Cat", "cat", "a-b", "c.d"
+
+
+def test_baseline_on_full_text_lowercases_and_reads_words_as_scikit_learn_does():
+    _, info = tfidf_baseline(["Cat cat, a-b!", "DOG c.d"], np.array([0, 1]), ["cat"], 2, max_features=None,
+                             ngram_max=1, C=1.0, seed=0, pretokenized=False)
+    assert info["features"] == 2  # "cat" (both cases) and "dog"; words of one character ("a", "b", "c", "d") dropped
+
+
+def test_baseline_min_df_drops_rare_ngrams_and_falls_back_when_nothing_is_left():
+    train = ["red apple", "red apple pie", "blue sky", "blue sky high"]
+    _, info = tfidf_baseline(train, np.array([0, 0, 1, 1]), ["red sky"], 2, max_features=None, ngram_max=2, C=1.0,
+                             seed=0, min_df=2)
+    assert info["features"] == 6 and info["min_df"] == 2  # red, apple, "red apple", blue, sky, "blue sky"
+    _, info = tfidf_baseline(["a b", "c d"], np.array([0, 1]), ["a"], 2, max_features=None, ngram_max=1, C=1.0,
+                             seed=0, min_df=2)
+    assert info["features"] == 4 and info["min_df"] == 1  # no word is in two documents: min_df 1 was used
 
 
 def test_baseline_with_a_single_training_class_predicts_it():

@@ -52,6 +52,8 @@ def test_evaluate_run_logs_metrics_artifacts_and_the_verdict(workspace):
     assert run.data.metrics["test.accuracy"] == metrics["model"]["accuracy"]
     assert run.data.metrics["baseline.macro_f1"] == metrics["baseline"]["macro_f1"]
     assert run.data.tags["gate.passed"] == str(metrics["gate"]["passed"]).lower()
+    assert run.data.tags["baseline.input"] == "full_text" and run.data.tags["baseline.fit_on"] == "train"
+    assert run.data.params["evaluate.baseline.input"] == "full_text" and run.data.params["evaluate.baseline.min_df"] == "2"
     paths = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluate")}
     assert {"evaluate/metrics.json", "evaluate/confusion_matrix.png", "evaluate/confusion_matrix.csv"} <= paths
 
@@ -100,6 +102,51 @@ def test_gate_refuses_a_model_worse_than_the_champion(workspace, capsys):
     version = client.get_model_version("han-demo", "2")
     assert version.tags["gate.passed"] == "false" and "beat_champion FAILED" in version.tags["gate.reasons"]
     assert str(client.get_model_version_by_alias("han-demo", "champion").version) == "1"  # untouched
+
+
+def test_baseline_reads_the_full_raw_text_of_the_same_split(workspace):
+    """The baseline's predictions are what scikit-learn makes of the raw demo documents of the same split
+    (not of the HAN's truncated, out-of-vocabulary-replaced tokens), and metrics.json says so."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    _, metrics, rows = _outputs(workspace)
+    config = workspace.config
+    prep = config.stage_dir("preprocess")
+    labels = metrics["labels"]
+    raw = {doc.id: doc for doc in generate_demo_corpus(config.data.demo, config.seed)}
+    train_ids = [json.loads(line)["id"] for line in (prep / "train.documents.jsonl").read_text().splitlines()]
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    classifier = LogisticRegression(C=10.0, max_iter=2000, random_state=config.seed)
+    classifier.fit(vectorizer.fit_transform([raw[i].text for i in train_ids]),
+                   [labels.index(raw[i].label) for i in train_ids])
+    predicted = classifier.predict(vectorizer.transform([raw[row["id"]].text for row in rows]))
+    truth = [labels.index(row["label"]) for row in rows]
+    baseline = metrics["baseline"]
+    assert baseline["confusion_matrix"] == confusion_matrix(truth, predicted, labels=range(len(labels))).tolist()
+    assert baseline["input"] == "full_text"
+    assert baseline["settings"] == {"input": "full_text", "fit_on": "train", "max_features": None, "min_df": 2,
+                                    "sublinear_tf": True, "ngram_max": 2, "C": 10.0}
+    assert baseline["info"]["train_documents"] == len(train_ids)
+    assert baseline["info"]["features"] == len(vectorizer.vocabulary_)
+
+
+def test_baseline_can_learn_from_validation_too_or_read_the_hans_tokens(workspace):
+    from pipeline.config import load_config
+    from pipeline.shards import load_split
+
+    prep = workspace.config.stage_dir("preprocess")
+    test = load_split(prep, "test")
+    sizes = {name: len(load_split(prep, name)) for name in ("train", "validation")}
+    both = load_config(None, [*workspace.overrides, "evaluate.baseline.fit_on=train_validation"])
+    probabilities, described = evaluate.run_baseline(both, prep, test)
+    assert probabilities.shape == (len(test), len(_outputs(workspace)[1]["labels"]))
+    assert described["info"]["train_documents"] == sizes["train"] + sizes["validation"]
+    tokens = load_config(None, [*workspace.overrides, "evaluate.baseline.input=tokens"])
+    _, described = evaluate.run_baseline(tokens, prep, test)
+    assert described["input"] == "tokens" and described["info"]["train_documents"] == sizes["train"]
+    full = _outputs(workspace)[1]["baseline"]["info"]["features"]
+    assert described["info"]["features"] != full  # the HAN's vocabulary and truncation: other n-grams
 
 
 def test_judge_checks_thresholds_baseline_and_champion():

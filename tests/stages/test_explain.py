@@ -134,3 +134,16 @@ def test_explain_a_jsonl_file_and_a_text(workspace, tmp_path, capsys):
 def test_text_and_file_together_are_refused(argv):
     with pytest.raises(SystemExit):
         main(["explain", *argv])
+
+
+def test_sufficiency_beside_random_is_in_the_console_and_the_report(workspace, capsys):
+    """Sufficiency (lower = the attended sentences alone keep the prediction) is said in words, like
+    comprehensiveness, not only drawn in the plot and kept in faithfulness.json."""
+    assert main(["explain", *set_args(workspace.overrides)]) == 0
+    out = workspace.config.stage_dir("explain")
+    faith = json.loads((out / "faithfulness.json").read_text())
+    mine, chance = faith["attention"]["sufficiency"]["1"], faith["random"]["sufficiency"]["1"]
+    line = f"sufficiency (attention vs random) k=1: {mine:.3f} vs random {chance:.3f}, k=2: "
+    assert line in capsys.readouterr().err
+    html = (out / "report.html").read_text()
+    assert f"<li>{html_text.escape(line)}" in html and "lower = the attended sentences alone keep the prediction" in html
