@@ -7,22 +7,35 @@ undecodable bytes) is counted in a ``ReadReport`` so that the caller can show it
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import csv
+import dataclasses
+import fnmatch
+import gzip
 import json
+import lzma
+import math
+import os
 import re
+import stat
+import sys
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.config import DataConfig
+from pipeline.config import DEFAULT_SPLIT_VALUES, DataConfig
 from pipeline.data.records import TOO_LARGE, UNPARSABLE, RawDocument, Rejected
 
-# Folder names (compared lower-case) that hold a dataset's own split, and the split they mean.
-SPLIT_NAMES = {"train": "train", "test": "test", "val": "validation", "validation": "validation", "dev": "validation"}
+# Split values and split folder names (compared lower-case) and the split they mean: data.split_values' default.
+SPLIT_NAMES = {value: split for split, values in DEFAULT_SPLIT_VALUES.items() for value in values}
+# Files that describe a corpus rather than belong to it (their names without extension, lower-case): never documents.
+NOT_DOCUMENTS = frozenset({"readme", "license", "licence", "copying", "notice", "authors", "changelog", "changes",
+                           "citation", "manifest", "makefile"})
 TABLE_SUFFIXES = {"csv": (".csv",), "jsonl": (".jsonl", ".ndjson"), "parquet": (".parquet",)}
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 PARQUET_BATCH_ROWS = 1024
@@ -40,7 +53,9 @@ class ReadReport:
     """What a read skipped or repaired; filled in while the documents are iterated.
 
     ``skipped_files`` are files that are not documents (a README, a vocabulary file, a file
-    outside a label folder), named relative to the dataset root. ``blank_lines`` are CSV/JSONL
+    outside a label folder), named relative to the dataset root; one that is not a plain file
+    inside it (a link out of it, a FIFO, an archive member named with ``..``) says what it is after
+    its name, in parentheses. ``blank_lines`` are CSV/JSONL
     lines without content. ``decode_error_bytes`` is the total number of bytes that were invalid
     in ``data.encoding`` (each document also carries its own count in ``decode_errors``).
     """
@@ -50,6 +65,7 @@ class ReadReport:
     blank_lines: int = 0
     decode_error_bytes: int = 0
     documents_with_decode_errors: int = 0
+    split_values: dict[str, str] = field(default_factory=dict)  # each split value or folder seen -> its split
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +74,7 @@ class ReadReport:
             "blank_lines": self.blank_lines,
             "decode_error_bytes": self.decode_error_bytes,
             "documents_with_decode_errors": self.documents_with_decode_errors,
+            "split_values": dict(self.split_values),
         }
 
 
@@ -93,6 +110,32 @@ def read_documents(
             )
         return _read_folder(config, path, report)
     return _read_tables(config, path, report)
+
+
+def read_corpus(
+    config: DataConfig, paths: Mapping[str | None, Path], report: ReadReport | None = None
+) -> Iterator[RawDocument | Rejected]:
+    """Every input record of ``data.path``: ``{None: path}`` as ``read_documents``, or ``{split: path}`` (see
+    ``PipelineConfig.resolved_data_paths``), where each path's documents are in its split.
+
+    Under a path per split each id starts with its split (``test/12``): files that each number their
+    documents from 1 do not collide. Every path is checked at the call, before anything is read.
+    """
+    report = report if report is not None else ReadReport()
+    if list(paths) == [None]:
+        return read_documents(config, paths[None], report)
+    streams = [(split, read_documents(config, path, report)) for split, path in paths.items()]
+    return _in_splits(streams)
+
+
+def _in_splits(streams: list[tuple[str, Iterator[RawDocument | Rejected]]]) -> Iterator[RawDocument | Rejected]:
+    for split, stream in streams:
+        for record in stream:
+            doc_id = None if record.id is None else f"{split}/{record.id}"
+            if isinstance(record, RawDocument):
+                yield dataclasses.replace(record, id=doc_id, split=split)
+            else:
+                yield dataclasses.replace(record, id=doc_id)
 
 
 # ------------------------------------------------------------------------- decoding
@@ -157,6 +200,7 @@ class _TreeDocument:
     id: str
     label: str
     split: str | None
+    split_folder: str | None = None  # the folder name that gave the split
 
 
 def _is_zip(path: Path) -> bool:
@@ -168,32 +212,284 @@ def _is_tar(path: Path) -> bool:
 
 
 def _read_folder(config: DataConfig, path: Path, report: ReadReport) -> Iterator[RawDocument | Rejected]:
+    limit = _byte_limit(config)
     if path.is_dir():
-        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-        yield from _read_tree(names, lambda name: (path / name).read_bytes(), f"{path}/", path, config, report)
+        files, others = _walk_folder(path)
+        yield from _read_tree(sorted(files), lambda name: _read_file(files[name], limit), f"{path}/", path, config,
+                              report, others)
     elif _is_zip(path):
         try:
             archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as err:
             raise ValueError(f"data.path {path}: not a readable zip archive ({err})") from None
         with archive:
-            names = sorted(info.filename for info in archive.infolist() if not info.is_dir())
-            yield from _read_tree(names, archive.read, f"{path}!", path, config, report)
+            names, members, others = _zip_entries(archive)
+            # No member is read past ``limit`` bytes: what the archive can expand to is known before reading.
+            expansion = sum(min(members[name].file_size, limit + 1) for name in names)
+            if expansion > config.max_archive_bytes:
+                raise _expansion_error(path, expansion, config)
+            yield from _read_tree(sorted(names), lambda name: _read_zip_member(archive, members[name], limit),
+                                  f"{path}!", path, config, report, others)
     else:
         try:
             archive = tarfile.open(path, "r:*")
-            members = archive.getmembers()  # one pass over the archive, to learn its layout
-        except (tarfile.TarError, EOFError, OSError) as err:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
             raise ValueError(f"data.path {path}: not a readable tar archive ({err})") from None
         with archive:
-            files = {m.name: m for m in members if m.isfile()}
-            report.skipped_files.extend(m.name for m in members if not m.isfile() and not m.isdir())
+            members, broken = _scan_tar(archive, path, config)  # one pass over the archive, to learn its layout
+            names, files, others = _tar_entries(members)
+            failed: set[str] = set()
 
             def read_member(name: str) -> bytes:
-                return archive.extractfile(files[name]).read()
+                try:
+                    return _read_tar_member(archive, files[name], limit)
+                except _READ_ERRORS:
+                    failed.add(name)
+                    raise
 
             # Archive order, not sorted: a compressed tar can only be read forwards cheaply.
-            yield from _read_tree(list(files), read_member, f"{path}!", path, config, report)
+            yield from _read_tree(names, read_member, f"{path}!", path, config, report, others)
+            if broken is not None and members[-1].name not in failed:
+                yield Rejected(f"{path}!{members[-1].name}", UNPARSABLE, f"the archive cannot be read past this member "
+                               f"({broken}); the rest of it, if any, is lost: download or pack it again")
+
+
+# ------------------------------------------------------------------------- what a folder or archive holds
+#
+# Only plain files inside data.path are read, and at most data.max_chars x 4 bytes of each. A link is
+# never followed out of the folder, nor to a folder or a device; a FIFO is never opened (it would
+# block); an archive member named with an absolute path or ``..`` has no place in the layout. Such an
+# entry named like a document is quarantined with what it is (``_not_read``); any other is skipped.
+
+BYTES_PER_CHARACTER = 4  # UTF-8's longest: a file over data.max_chars x this many bytes is too large, unread
+_COMPRESSED_TARS = (gzip.GzipFile, bz2.BZ2File, lzma.LZMAFile)
+# What reading a damaged or unreadable file or member raises: a bad deflate stream (zlib.error), a CRC
+# mismatch (BadZipFile, OSError), a truncated stream (EOFError, TarError), an encrypted zip member
+# (RuntimeError), an unsupported zip compression (NotImplementedError), permission denied (OSError).
+_READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, RuntimeError,
+                NotImplementedError)
+_DRIVE = re.compile(r"[A-Za-z]:")
+_TAR_KINDS = {tarfile.FIFOTYPE: "a FIFO (named pipe)", tarfile.CHRTYPE: "a character device",
+              tarfile.BLKTYPE: "a block device"}
+
+
+class _TooLarge(Exception):
+    """A file or member longer than ``data.max_chars`` allows; ``size`` in bytes where known (it is not read)."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _byte_limit(config: DataConfig) -> int:
+    return BYTES_PER_CHARACTER * config.max_chars + 4  # and a byte-order mark
+
+
+def _too_large(err: _TooLarge, config: DataConfig) -> str:
+    size = f"{err.size:,} bytes" if err.size is not None else f"more than {_byte_limit(config):,} bytes"
+    return (f"the file has {size}, more than data.max_chars ({config.max_chars:,} characters, at most "
+            f"{BYTES_PER_CHARACTER} bytes each) allows, so it was not read; raise data.max_chars to keep documents this long")
+
+
+def _expansion_error(path: Path, size: int, config: DataConfig) -> ValueError:
+    return ValueError(
+        f"data.path {path}: reading this archive would decompress {size:,} bytes or more, over data.max_archive_bytes "
+        f"({config.max_archive_bytes:,}): it looks like a decompression bomb, so it is not read. If the corpus is "
+        "really this large, raise data.max_archive_bytes, or unpack the archive and point data.path at the folder"
+    )
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"))
+    return next((what for is_kind, what in kinds if is_kind(mode)), "not a regular file")
+
+
+def _walk_folder(root: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """The plain files below ``root`` (relative name -> the path to read) and every other entry (name -> what it is).
+
+    Links are not followed into folders. A link to a plain file inside ``root`` is read as that file
+    (like a hard link); any other link, a FIFO, a socket or a device is an other entry, never opened.
+    """
+    real_root = root.resolve()
+    files: dict[str, Path] = {}
+    others: dict[str, str] = {}
+    folders = [""]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(root / folder) as listing:
+                entries = list(listing)
+        except OSError as err:
+            if not folder:
+                raise ValueError(f"data.path {root}: cannot list the folder ({err.strerror})") from None
+            others[folder] = f"a folder that cannot be listed ({err.strerror}): its files are not read"
+            continue
+        for entry in entries:
+            name = f"{folder}/{entry.name}" if folder else entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(name)
+                elif entry.is_file(follow_symlinks=False):
+                    files[name] = Path(entry.path)
+                elif entry.is_symlink():
+                    target, why = _link_target(Path(entry.path), real_root)
+                    if target is not None:
+                        files[name] = target
+                    else:
+                        others[name] = why
+                else:
+                    others[name] = f"{_kind(entry.stat(follow_symlinks=False).st_mode)}, not a file: never opened"
+            except OSError as err:
+                others[name] = f"cannot be examined ({err.strerror}): not read"
+    return files, others
+
+
+def _link_target(link: Path, real_root: Path) -> tuple[Path | None, str]:
+    """Where ``link`` leads when that is a plain file inside ``real_root``, else None and why it is not followed."""
+    try:
+        target = link.resolve(strict=True)
+        mode = target.stat().st_mode
+    except (OSError, RuntimeError):  # a loop (RuntimeError before Python 3.13), a missing target
+        return None, "a symbolic link that leads nowhere (a loop, or a missing target): not followed"
+    if not target.is_relative_to(real_root):
+        return None, f"a symbolic link to {target}, outside data.path: links out of the data folder are not followed"
+    if not stat.S_ISREG(mode):
+        return None, f"a symbolic link to {_kind(mode)}: not followed"
+    return target, ""
+
+
+def _read_file(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a plain file: one swapped for a link or a FIFO since the listing is refused, unread."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{_kind(info.st_mode)}, no longer a plain file")
+        if info.st_size > limit:
+            raise _TooLarge(info.st_size)
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # it grew since
+        raise _TooLarge(None)
+    return data
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why an archive member's name has no place among the corpus's folders (absolute, or out with ``..``), or None."""
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        where = "an absolute path"
+    elif ".." in re.split(r"[\\/]", name):
+        where = "a path that leads out of the archive ('..')"
+    else:
+        return None
+    return (f"an archive member named with {where}: it has no place among the corpus's folders, so it is not read "
+            "(pack the archive again with names relative to its top folder)")
+
+
+def _zip_entries(archive: zipfile.ZipFile) -> tuple[list[str], dict[str, zipfile.ZipInfo], dict[str, str]]:
+    """The plain members' names (archive order) and members, and every other member (name -> what it is)."""
+    names: list[str] = []
+    members: dict[str, zipfile.ZipInfo] = {}
+    others: dict[str, str] = {}
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        mode = info.external_attr >> 16 if info.create_system == 3 else 0  # type and permissions, made on Unix
+        why = _unsafe_name(info.filename)
+        if why is None and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+            why = f"{_kind(mode)} in the archive, not a file: not followed"
+        if why is None:
+            names.append(info.filename)
+            members[info.filename] = info
+        else:
+            others[info.filename] = why
+    return names, members, others
+
+
+def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.file_size > limit:
+        raise _TooLarge(info.file_size)
+    with archive.open(info) as member:
+        data = member.read(limit + 1)  # to its end, where the CRC is checked
+    if len(data) > limit:
+        raise _TooLarge(None)
+    return data
+
+
+def _scan_tar(archive: tarfile.TarFile, path: Path, config: DataConfig) -> tuple[list[tarfile.TarInfo], str | None]:
+    """Every member's header, in archive order, and why the archive ends early (None when it does not).
+
+    Passing a member of a compressed tar decompresses it, read or not: the bytes decompressed are
+    counted as the headers come, and more than ``data.max_archive_bytes`` stops before decompressing.
+    """
+    compressed = isinstance(archive.fileobj, _COMPRESSED_TARS)
+    members: list[tarfile.TarInfo] = []
+    try:
+        while (member := archive.next()) is not None:
+            members.append(member)
+            if compressed and archive.offset > config.max_archive_bytes:
+                raise _expansion_error(path, archive.offset, config)
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as err:
+        if not members:
+            raise ValueError(f"data.path {path}: not a readable tar archive ({err})") from None
+        return members, f"{type(err).__name__}: {err}"
+    return members, None
+
+
+def _tar_entries(members: list[tarfile.TarInfo]) -> tuple[list[str], dict[str, tarfile.TarInfo], dict[str, str]]:
+    """The plain members' names (archive order) and members (a hard link: its target), and every other member."""
+    names: list[str] = []
+    files: dict[str, tarfile.TarInfo] = {}
+    others: dict[str, str] = {}
+    for member in members:
+        if member.isdir():
+            continue
+        why = _unsafe_name(member.name)
+        target = member if member.isfile() else files.get(member.linkname) if member.islnk() else None
+        if why is None and target is not None:
+            names.append(member.name)
+            files[member.name] = target
+            continue
+        if why is None:
+            why = (f"a symbolic link to {member.linkname} in the archive: not followed" if member.issym() else
+                   f"a hard link to {member.linkname}, which is no file before it in the archive: not followed"
+                   if member.islnk() else
+                   f"{_TAR_KINDS.get(member.type, 'not a regular file')} in the archive, not a file: never read")
+        others[member.name] = why
+    return names, files, others
+
+
+def _read_tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+    if member.size > limit:
+        raise _TooLarge(member.size)
+    return archive.extractfile(member).read(limit + 1)
+
+
+def _not_read(
+    names: list[str], others: Mapping[str, str], is_document: Callable[[str], bool], splits: Mapping[str, str],
+    source_prefix: str,
+) -> tuple[list[Rejected], list[str]]:
+    """The entries that are not plain files (``others``: name -> what it is): quarantined when named like a
+    document, else skipped (listed with what they are).
+
+    Where they would be documents is judged in the layout of ``names`` with them added; the layout
+    of the plain files themselves (``names``) is decided without them.
+    """
+    if not others:
+        return [], []
+    placeable = [name for name in others if _unsafe_name(name) is None]
+    planned = {doc.name: doc for doc in _plan_tree([*names, *placeable], is_document, splits)[0] if doc.name in others}
+    rejected: list[Rejected] = []
+    skipped: list[str] = []
+    for name, why in sorted(others.items()):
+        doc = planned.get(name)
+        if doc is not None:
+            rejected.append(Rejected(source_prefix + name, UNPARSABLE, why, id=doc.id, label=doc.label))
+        elif name not in placeable and is_document(PurePosixPath(name.replace("\\", "/")).name):
+            rejected.append(Rejected(source_prefix + name, UNPARSABLE, why))
+        else:
+            skipped.append(f"{name} ({why})")
+    return rejected, skipped
 
 
 def _read_tree(
@@ -203,22 +499,35 @@ def _read_tree(
     root: Path,
     config: DataConfig,
     report: ReadReport,
+    others: Mapping[str, str] | None = None,
 ) -> Iterator[RawDocument | Rejected]:
-    documents, skipped = _plan_tree(names)
-    if not documents:
+    is_document, splits = document_names(config.file_pattern), config.split_table()
+    documents, skipped = _plan_tree(names, is_document, splits)
+    not_read, not_documents = _not_read(names, others or {}, is_document, splits, source_prefix)
+    if not documents and not not_read:
         shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        wanted = "*.txt or names without an extension" if config.file_pattern is None else config.file_pattern
         raise ValueError(
-            f"data.path {root}: no documents found; data.format 'folder' expects <label>/*.txt or "
-            f"<split>/<label>/*.txt (split: {', '.join(SPLIT_NAMES)}), optionally under one top folder; "
-            f"found {len(skipped)} other files{': ' + shown if shown else ''}"
+            f"data.path {root}: no documents found; data.format 'folder' expects <label>/<document> or "
+            f"<split>/<label>/<document> (split: a folder named {', '.join(config.split_table())} or ending in "
+            f"-<split>), optionally under one top folder, where a document's file name matches data.file_pattern "
+            f"({wanted}); found {len(skipped)} other files{': ' + shown if shown else ''}"
         )
     report.skipped_files.extend(skipped)
+    report.skipped_files.extend(not_documents)
+    for doc in documents:
+        if doc.split_folder is not None:
+            report.split_values.setdefault(doc.split_folder, doc.split)
     for doc in documents:
         source = source_prefix + doc.name
         try:
             data = read(doc.name)
-        except (OSError, zipfile.BadZipFile, tarfile.TarError) as err:
-            yield Rejected(source, UNPARSABLE, f"cannot read the file: {err}", id=doc.id, label=doc.label)
+        except _TooLarge as err:
+            yield Rejected(source, TOO_LARGE, _too_large(err, config), id=doc.id, label=doc.label)
+            continue
+        except _READ_ERRORS as err:
+            yield Rejected(source, UNPARSABLE, f"cannot read the file: {err or type(err).__name__}", id=doc.id,
+                           label=doc.label)
             continue
         if _is_binary(data, config.encoding):
             yield Rejected(source, UNPARSABLE, "binary content (NUL bytes), not text: convert the file to text or "
@@ -236,6 +545,7 @@ def _read_tree(
             split=doc.split,
             decode_errors=invalid,
         )
+    yield from not_read
 
 
 def _is_binary(data: bytes, encoding: str) -> bool:
@@ -248,35 +558,70 @@ def _is_junk(parts: tuple[str, ...]) -> bool:
     return parts[0] == "__MACOSX" or parts[-1].startswith(".")
 
 
-def _is_text(name: str) -> bool:
-    return name.lower().endswith(".txt")
+def document_names(pattern: str | list[str] | None = None) -> Callable[[str], bool]:
+    """Whether a file name (without its folders) is a document under ``data.file_pattern``.
+
+    ``None``: ``*.txt`` and names without an extension (20 Newsgroups' ``<label>/<number>``); else any
+    of the globs, in any case. A README, LICENSE and the like (``NOT_DOCUMENTS``) never is.
+    """
+    globs = None if pattern is None else [g.lower() for g in ([pattern] if isinstance(pattern, str) else pattern)]
+
+    def is_document(name: str) -> bool:
+        lowered = name.lower()
+        if lowered.split(".", 1)[0] in NOT_DOCUMENTS:
+            return False
+        if globs is None:
+            return lowered.endswith(".txt") or "." not in lowered
+        return any(fnmatch.fnmatchcase(lowered, glob) for glob in globs)
+
+    return is_document
 
 
-def _plan_tree(names: list[str]) -> tuple[list[_TreeDocument], list[str]]:
-    """Which files are documents (with id, label and split) and which are skipped, in ``names`` order."""
+def split_of_name(name: str, splits: Mapping[str, str] = SPLIT_NAMES) -> str | None:
+    """The split a folder (or a file, named without its suffix) holds: its name is a split value (``train``,
+    ``dev``), or ends with one after ``-``, ``_`` or ``.`` (``20news-bydate-train``); else ``None``."""
+    lowered = name.strip().lower()
+    return splits.get(lowered) or splits.get(re.split(r"[-_.]", lowered)[-1])
+
+
+def _document_id(name: str) -> str:
+    return name[:-4] if name.lower().endswith(".txt") else name
+
+
+def _plan_tree(
+    names: list[str], is_document: Callable[[str], bool] | None = None, splits: Mapping[str, str] | None = None
+) -> tuple[list[_TreeDocument], list[str]]:
+    """Which files are documents (with id, label and split) and which are skipped, in ``names`` order.
+
+    ``is_document`` judges a file name (default: ``document_names()``), ``splits`` maps split folder
+    names to splits (default: ``SPLIT_NAMES``).
+    """
+    is_document = is_document or document_names()
+    splits = SPLIT_NAMES if splits is None else splits
     parts = {name: tuple(p for p in PurePosixPath(name).parts if p not in ("", ".", "/")) for name in names}
     content = [p for p in parts.values() if p and not _is_junk(p)]
 
     # One common top folder (aclImdb/...) is stripped when the label folders are below it; a top
-    # folder that is a split, or that holds the .txt files itself (a label), is kept.
+    # folder that is a split, or that holds the documents itself (a label), is kept.
     tops = {p[0] for p in content}
     strip = 0
-    if len(tops) == 1 and next(iter(tops)).lower() not in SPLIT_NAMES:
-        strip = int(any(len(p) >= 3 and _is_text(p[-1]) for p in content))
+    if len(tops) == 1 and split_of_name(next(iter(tops)), splits) is None:
+        strip = int(any(len(p) >= 3 and is_document(p[-1]) for p in content))
     relative = {name: p[strip:] for name, p in parts.items()}
-    with_split = any(len(p) == 3 and p[0].lower() in SPLIT_NAMES and _is_text(p[2]) for p in relative.values() if p)
+    with_split = any(len(p) == 3 and split_of_name(p[0], splits) and is_document(p[2]) for p in relative.values() if p)
 
     documents: list[_TreeDocument] = []
     skipped: list[str] = []
     for name in names:
         p = relative[name]
+        split = split_of_name(p[0], splits) if with_split and len(p) == 3 else None
         if not p or _is_junk(parts[name]):
             skipped.append(name)
-        elif with_split and len(p) == 3 and p[0].lower() in SPLIT_NAMES and _is_text(p[2]):
-            doc_id = "/".join((*p[:2], p[2][:-4]))
-            documents.append(_TreeDocument(name, doc_id, p[1].strip(), SPLIT_NAMES[p[0].lower()]))
-        elif not with_split and len(p) == 2 and _is_text(p[1]):
-            documents.append(_TreeDocument(name, f"{p[0]}/{p[1][:-4]}", p[0].strip(), None))
+        elif split is not None and is_document(p[2]):
+            doc_id = "/".join((*p[:2], _document_id(p[2])))
+            documents.append(_TreeDocument(name, doc_id, p[1].strip(), split, p[0]))
+        elif not with_split and len(p) == 2 and is_document(p[1]):
+            documents.append(_TreeDocument(name, f"{p[0]}/{_document_id(p[1])}", p[0].strip(), None))
         else:
             skipped.append(name)
     return documents, skipped
@@ -311,12 +656,14 @@ def _table_files(config: DataConfig, path: Path, report: ReadReport) -> list[Pat
         return [path]
     suffixes = TABLE_SUFFIXES[config.format]
     files: list[Path] = []
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        relative = file.relative_to(path).as_posix()
+    found, others = _walk_folder(path)  # plain files inside the folder: no link out of it, no FIFO
+    for relative in sorted(found, key=lambda name: name.split("/")):
+        file = path / relative
         if file.name.lower().endswith(suffixes) and not file.name.startswith("."):
             files.append(file)
         else:
             report.skipped_files.append(relative)
+    report.skipped_files.extend(f"{name} ({why})" for name, why in sorted(others.items()))
     if not files:
         raise ValueError(
             f"data.path {path}: no {' / '.join(suffixes)} files in this folder for data.format {config.format!r}"
@@ -414,6 +761,13 @@ def _read_jsonl(file: Path, config: DataConfig, report: ReadReport, whole: bool)
                     source, UNPARSABLE, f"line {lines.line_no}: invalid JSON ({err.msg} at column {err.colno})"
                 )
                 continue
+            except RecursionError:
+                yield Rejected(source, UNPARSABLE, f"line {lines.line_no}: JSON nested too deeply to read "
+                               f"(deeper than Python's limit of about {sys.getrecursionlimit():,} levels)")
+                continue
+            except ValueError as err:  # valid JSON that Python will not convert: an integer of over 4,300 digits
+                yield Rejected(source, UNPARSABLE, f"line {lines.line_no}: JSON that cannot be read ({err})")
+                continue
             if not isinstance(record, dict):
                 yield Rejected(
                     source, UNPARSABLE, f"line {lines.line_no}: expected a JSON object, found {type(record).__name__}"
@@ -445,12 +799,38 @@ def _read_parquet(file: Path, config: DataConfig, report: ReadReport, whole: boo
 # ------------------------------------------------------------------------- one record
 
 
+_VALUE_KINDS = {"bool": "boolean", "int": "number", "float": "number", "dict": "JSON object"}
+
+
+def _shown(value: Any, width: int = 40) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
+
+
 def _scalar(value: Any) -> str | None:
-    """A label, id or split value as stripped text; empty means absent."""
+    """A label, id or split value as stripped text; empty means absent.
+
+    A JSON or Parquet value that is not a string becomes text one way, so that the labels ``1``,
+    ``1.0`` and ``"1"`` are one class: a whole number as an integer (``1``), another number as Python
+    writes it (``0.5``), a boolean as JSON writes it (``true``), bytes decoded as UTF-8. NaN (what a
+    float column holds where a value is missing) is absent. A list, an object or an infinite number
+    is not a single value: ``TypeError`` names it.
+    """
     if value is None:
         return None
     if isinstance(value, (list, dict, tuple)):
         raise TypeError(type(value).__name__)
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    elif isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            raise TypeError(f"non-finite number ({value})")
+        if value.is_integer():
+            value = int(value)
+    elif isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
     text = _LONE_SURROGATE.sub("\ufffd", str(value).strip())  # writable as UTF-8, like the text
     return text or None
 
@@ -479,21 +859,26 @@ def _make_document(
         return Rejected(
             source,
             UNPARSABLE,
-            f"field {config.text_field!r} (data.text_field) holds a {type(text).__name__}, expected a string",
+            f"field {config.text_field!r} (data.text_field) holds a "
+            f"{_VALUE_KINDS.get(type(text).__name__, type(text).__name__)} ({_shown(text)}), expected a string",
             id=values["id"],
             label=values["label"],
         )
     split = values["split"]
     if split is not None:
-        if split.lower() not in SPLIT_NAMES:
+        table = config.split_table()
+        if split.lower() not in table:
+            meanings = "; ".join(f"{name}: {', '.join(v)}" for name, v in config.split_values.items())
             return Rejected(
                 source,
                 UNPARSABLE,
-                f"field {config.split_field!r} (data.split_field) is {split!r}; expected one of {', '.join(SPLIT_NAMES)}",
+                f"field {config.split_field!r} (data.split_field) is {split!r}, not a split value ({meanings}); "
+                "fix the value or add it to data.split_values",
                 id=values["id"],
                 label=values["label"],
             )
-        split = SPLIT_NAMES[split.lower()]
+        report.split_values.setdefault(split, table[split.lower()])
+        split = table[split.lower()]
     return RawDocument(
         id=values["id"], text=text, label=values["label"], source=source, split=split, decode_errors=invalid
     )
