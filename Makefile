@@ -77,12 +77,12 @@ test: $(STAMP) ## run the test suite (what CI runs; TEST_WORKERS=2 processes, 0 
 test-slow: $(STAMP) ## run the heavy real-data tests (marked slow)
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP) ## HAN vs reference HAN vs TF-IDF+LR on BBC and IMDB, then preprocessing speed (DATASETS=bbc to pick)
-	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.compare --datasets $(DATASETS)
+bench: $(STAMP) ## HAN vs reference HAN vs TF-IDF+LR on BBC and IMDB over seeds 42,1,2 (SEEDS=...), then preprocessing speed (DATASETS=bbc to pick)
+	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.compare --datasets $(DATASETS) $(if $(SEEDS),--seeds $(SEEDS))
 	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.preprocess_speed
 
-bench-quick: $(STAMP) ## the same comparison on 30 documents per class, 2 epochs: a smoke run (minutes)
-	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.compare --quick --datasets $(DATASETS)
+bench-quick: $(STAMP) ## the same comparison on 30 documents per class, 2 epochs, seeds 42,1: a smoke run (minutes)
+	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.compare --quick --datasets $(DATASETS) $(if $(SEEDS),--seeds $(SEEDS))
 
 bench-memory: $(STAMP) ## peak RSS of preprocess, the training stream and training at 25k and 100k IMDB documents
 	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.memory $(if $(QUICK),--quick)

@@ -13,10 +13,19 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "default.yaml"
@@ -51,26 +60,103 @@ class DemoCorpusConfig(_Strict):
         return self
 
 
+SplitName = Literal["train", "validation", "test"]
+# What a split field's value or a split folder's name means (compared lower-case): data.split_values' default.
+DEFAULT_SPLIT_VALUES: dict[str, list[str]] = {
+    "train": ["train", "training"],
+    "validation": ["validation", "valid", "val", "dev"],
+    "test": ["test", "testing"],
+}
+
+
 class DataConfig(_Strict):
     """Where the documents come from and how to read them."""
 
     format: Literal["demo", "folder", "csv", "jsonl", "parquet"] = "demo"
-    path: str | None = None
+    path: str | dict[SplitName, str] | None = Field(
+        None, description="a file, folder or archive; or one per split ({train: ..., test: ...}; a missing validation "
+        "or test split is carved from train by preprocess.split)",
+    )
+    file_pattern: str | list[str] | None = Field(
+        None, description="folder format: which file names are documents (globs, any case, e.g. '*.md'); null: "
+        "*.txt and names without an extension. README/LICENSE-like names never are",
+    )
     text_field: str = "text"
     label_field: str = "label"
     id_field: str | None = "id"
     split_field: str | None = None
+    split_values: dict[SplitName, list[str]] = Field(
+        default_factory=lambda: {split: list(values) for split, values in DEFAULT_SPLIT_VALUES.items()},
+        description="which values of split_field (and names of split folders) mean which split, any case; a split "
+        "left out keeps its default values",
+    )
     labels: list[str] | None = None
     encoding: str = "utf-8"
     encoding_fallback: str | None = "latin-1"
-    max_chars: int = Field(1_000_000, ge=1)
+    max_chars: int = Field(
+        1_000_000, ge=1, le=100_000_000, description="longer documents are quarantined (too_large); a file or archive "
+        "member over 4 bytes per character is not even read",
+    )
+    max_archive_bytes: int = Field(
+        4 * 1024**3, ge=1, le=1024**5, description="the most an archive may decompress to while it is read (all its "
+        "members; a compressed tar's skipped ones too): past it the run stops, a decompression bomb",
+    )
     demo: DemoCorpusConfig = Field(default_factory=DemoCorpusConfig)
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
         if self.format != "demo" and not self.path:
             raise ValueError(f"data.path is required when data.format is {self.format!r}")
+        if isinstance(self.path, dict):
+            if "train" not in self.path:
+                raise ValueError("data.path: a path per split needs a train path ({train: ..., test: ...}); "
+                                 "validation and test may be left out (carved from train by preprocess.split)")
+            empty = [split for split, path in self.path.items() if not path]
+            if empty:
+                raise ValueError(f"data.path.{empty[0]} is empty; give a file, folder or archive, or leave the split out")
+            if self.split_field is not None:
+                raise ValueError(f"data.split_field ({self.split_field!r}) and a data.path per split both say which "
+                                 "split a document is in: keep one")
+        if self.file_pattern is not None and self.format != "folder":
+            raise ValueError(f"data.file_pattern applies to data.format folder; {self.format} files are chosen by suffix")
         return self
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_per_split(cls, value: Any) -> Any:
+        # Checked here so that a wrong key gets one plain message, not one per member of the union.
+        if isinstance(value, dict):
+            for key, path in value.items():
+                if key not in DEFAULT_SPLIT_VALUES:
+                    raise ValueError(f"{key!r} is not a split: a path per split is {{train: ..., validation: ..., "
+                                     "test: ...} (a dev set is validation)")
+                if not isinstance(path, str):
+                    raise ValueError(f"{key}: expected a path, got {type(path).__name__}")
+        return value
+
+    @field_validator("split_values")
+    @classmethod
+    def _split_values(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        table = {split: [v.strip().lower() for v in value.get(split, DEFAULT_SPLIT_VALUES[split])]
+                 for split in DEFAULT_SPLIT_VALUES}
+        seen: dict[str, str] = {}
+        for split, values in table.items():
+            for v in values:
+                if not v:
+                    raise ValueError(f"{split}: an empty value cannot name a split")
+                if seen.setdefault(v, split) != split:
+                    raise ValueError(f"{v!r} is listed for both {seen[v]} and {split}; a value means one split")
+        return table
+
+    def split_table(self) -> dict[str, str]:
+        """Each split value (lower-case) -> the split it means, from ``split_values``."""
+        return {value: split for split, values in self.split_values.items() for value in values}
+
+    def data_paths(self) -> dict[str | None, str]:
+        """``path`` as ``{None: path}``, or ``{split: path}`` in train, validation, test order; ``{}`` without one."""
+        if isinstance(self.path, dict):
+            return {split: self.path[split] for split in DEFAULT_SPLIT_VALUES if split in self.path}
+        return {None: self.path} if self.path else {}
 
 
 class SplitConfig(_Strict):
@@ -85,15 +171,15 @@ class SplitConfig(_Strict):
 
 
 class VocabConfig(_Strict):
-    min_count: int = Field(2, ge=1)
-    max_size: int = Field(50_000, ge=10)
+    min_count: int = Field(2, ge=1, le=1_000_000)
+    max_size: int = Field(50_000, ge=10, le=10_000_000)
 
 
 class LimitsConfig(_Strict):
     """Truncation limits. ``None`` means: the given percentile of the training split."""
 
-    max_sentences: int | None = Field(None, ge=1)
-    max_words: int | None = Field(None, ge=1)
+    max_sentences: int | None = Field(None, ge=1, le=10_000)
+    max_words: int | None = Field(None, ge=1, le=10_000)
     percentile: float = Field(95.0, gt=0.0, le=100.0)
 
 
@@ -102,10 +188,18 @@ class PunktConfig(_Strict):
     extra_abbreviations: list[str] = Field(
         default_factory=lambda: ["dr", "mr", "mrs", "ms", "prof", "st", "u.s", "u.k", "e.g", "i.e", "vs", "etc", "inc", "jr", "sr"]
     )
-    train_max_documents: int = Field(5000, ge=1)
+    train_max_documents: int = Field(5000, ge=1, le=1_000_000)
 
 
 class PreprocessConfig(_Strict):
+    drop_header: bool = Field(
+        False, description="drop a document's leading header block (the lines before the first blank line, when "
+        "each is a 'Name: value' field, as in mail and news posts) before sentence splitting",
+    )
+    drop_lines: list[str] = Field(
+        default_factory=list, description="regular expressions: a line of a document in which any matches "
+        "(re.search) is dropped before sentence splitting, in training and in serving alike",
+    )
     lowercase: bool = True
     unicode_normalization: Literal["NFC", "NFKC", "none"] = "NFKC"
     tokenizer: Literal["treebank", "toktok", "regexp"] = "treebank"
@@ -115,18 +209,28 @@ class PreprocessConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
     workers: int = Field(0, ge=0, le=64, description="0 = one per CPU core")
-    shard_documents: int = Field(10_000, ge=1, description="documents per output shard (<split>-NNNNN.npz)")
+    shard_documents: int = Field(10_000, ge=1, le=1_000_000, description="documents per output shard (<split>-NNNNN.npz)")
+
+    @field_validator("drop_lines")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for i, pattern in enumerate(value):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"item {i} ({pattern!r}) is not a regular expression: {err}") from None
+        return value
 
 
 class AttentionConfig(_Strict):
     score: Literal["additive", "dot", "scaled_dot", "general", "location"] = "additive"
     heads: int = Field(1, ge=1, le=16)
     mode: Literal["soft", "hard", "local"] = "soft"
-    hard_k: int = Field(1, ge=1)
+    hard_k: int = Field(1, ge=1, le=64, description="positions kept in mode hard; each is one more step of the graph")
     hard_training: Literal["straight_through", "gumbel"] = "straight_through"
-    gumbel_temperature: float = Field(1.0, gt=0.0)
-    local_window: int = Field(2, ge=0)
-    context_dim: int = Field(100, ge=1)
+    gumbel_temperature: float = Field(1.0, gt=0.0, le=100.0)
+    local_window: int = Field(2, ge=0, le=1_000)
+    context_dim: int = Field(100, ge=1, le=4096)
     entropy_penalty: float = Field(0.0, ge=0.0, le=10.0,
                                    description="λ x normalised attention entropy added to the training loss")
 
@@ -160,18 +264,19 @@ class ModelConfig(_Strict):
     word_encoder: Literal["gru", "lstm"] = "gru"
     sentence_encoder: Literal["gru", "lstm", "transformer"] = "gru"
     word_units: int = Field(50, ge=1, le=2048)
-    word_buckets: int = Field(
-        1, ge=1, le=32,
+    word_buckets: Annotated[int, Field(ge=1, le=32)] | Literal["auto"] = Field(
+        "auto",
         description="the word encoder runs on each batch's sentences in up to this many groups of similar length, "
         "each padded only to its own longest sentence (less compute on padding; same outputs); 1 = one group. "
-        "Pays on real corpora with runtime.intra_op_threads=1 (configs/bbc.yaml, imdb.yaml: 8); each group costs "
-        "graph-tracing time once per process, which dominates on toy data",
+        "Pays on real corpora with runtime.intra_op_threads=1; each group costs graph-tracing time once per process, "
+        "which dominates on toy data. auto: chosen by the train stage from the training split (see resolved)",
     )
-    train_word_buckets: int | None = Field(
-        None, ge=1, le=32,
-        description="length groups while training; null = word_buckets. The saved model (evaluate, explain, serving) "
-        "keeps word_buckets: the weights are the same, only the graph differs. Fewer groups trace a smaller training "
-        "graph with fewer loops alive at once: a lower peak RSS for somewhat slower training (README: Speed on a CPU, Memory)",
+    train_word_buckets: Annotated[int, Field(ge=1, le=32)] | Literal["auto"] | None = Field(
+        "auto",
+        description="length groups while training; null = word_buckets; auto: from the training split's size. The "
+        "saved model (evaluate, explain, serving) keeps word_buckets: the weights are the same, only the graph differs. "
+        "Fewer groups trace a smaller training graph with fewer loops alive at once: a lower peak RSS for somewhat "
+        "slower training (README: Speed on a CPU, Memory)",
     )
     word_bucket_sentences: int = Field(
         64, ge=1, le=65_536, description="fewest sentences worth a group of their own: a batch of n sentences uses "
@@ -182,20 +287,67 @@ class ModelConfig(_Strict):
     word_attention: AttentionConfig = Field(default_factory=AttentionConfig)
     sentence_attention: AttentionConfig = Field(default_factory=AttentionConfig)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    embedding_dropout: Literal["element", "word_type"] = Field(
-        "element",
+    embedding_dropout: Literal["element", "word_type", "auto"] = Field(
+        "auto",
         description="how `dropout` masks the word vectors in training. element: every feature of every word occurrence "
         "on its own (Keras' Dropout). word_type: one mask per distinct word in a group of sentences, shared by all its "
         "occurrences there; each distinct word is then embedded and multiplied by the word BiGRU's input kernels once "
-        "per group in training as at inference (README: Speed on a CPU)",
+        "per group in training as at inference (README: Speed on a CPU). auto: word_type on a corpus with length "
+        "groups (see resolved), element on a small one",
     )
     multilabel: bool = False
+
+    @field_validator("word_buckets", "train_word_buckets", mode="before")
+    @classmethod
+    def _groups(cls, value: Any, info: ValidationInfo) -> Any:
+        # One plain message instead of one per member of the union.
+        if value == "auto" or (value is None and info.field_name == "train_word_buckets"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+            raise ValueError("expected a number of length groups from 1 to 32, or auto")
+        return value
+
+    def resolved(self, train_documents: int | None = None, words_filled: float | None = None) -> ModelConfig:
+        """These settings with ``auto`` replaced by what suits a training split of ``train_documents``.
+
+        ``word_buckets: auto`` is 1 below ``AUTO_GROUPS_MIN_DOCUMENTS`` training documents (each
+        group's graph tracing costs more than a short training saves), or where sentences fill
+        ``words_filled`` >= ``AUTO_GROUPS_MIN_PADDING`` of the words limit on average (little
+        padding to save); else ``AUTO_GROUPS``. ``train_word_buckets: auto`` is 2 below
+        ``AUTO_TRAIN_GROUPS_MIN_DOCUMENTS`` documents, else 4 (at most ``word_buckets``): the
+        choices measured on BBC and IMDB (README: Speed on a CPU). ``embedding_dropout: auto`` is
+        ``word_type`` from ``AUTO_GROUPS_MIN_DOCUMENTS`` documents (faster steps), else ``element``
+        (the demo corpus and the tests' small corpora keep Keras' dropout). Without
+        ``train_documents`` (a model built outside the train stage) ``auto`` is the small-corpus choice.
+        """
+        groups = self.word_buckets
+        if groups == "auto":
+            small = train_documents is None or train_documents < AUTO_GROUPS_MIN_DOCUMENTS
+            groups = 1 if small or (words_filled or 0.0) >= AUTO_GROUPS_MIN_PADDING else AUTO_GROUPS
+        training = self.train_word_buckets
+        if training == "auto":
+            wanted = 2 if (train_documents or 0) < AUTO_TRAIN_GROUPS_MIN_DOCUMENTS else 4
+            training = None if groups == 1 else min(groups, wanted)
+        dropout = self.embedding_dropout
+        if dropout == "auto":
+            large = train_documents is not None and train_documents >= AUTO_GROUPS_MIN_DOCUMENTS
+            dropout = "word_type" if large else "element"
+        return self.model_copy(update={"word_buckets": groups, "train_word_buckets": training,
+                                       "embedding_dropout": dropout})
+
+
+# What model.word_buckets / train_word_buckets: auto resolve to (ModelConfig.resolved; README: Speed on a CPU).
+AUTO_GROUPS = 8
+AUTO_GROUPS_MIN_DOCUMENTS = 1_000
+AUTO_GROUPS_MIN_PADDING = 0.8
+AUTO_TRAIN_GROUPS_MIN_DOCUMENTS = 5_000
+AUTO_LAZY_ADAM_MIN_VOCABULARY = 20_000  # train.optimizer: auto
 
 
 class EarlyStoppingConfig(_Strict):
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
-    patience: int = Field(3, ge=0, description="epochs without improvement before stopping; 0 = never stop early")
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: int = Field(3, ge=0, le=10_000, description="epochs without improvement before stopping; 0 = never stop early")
+    min_delta: float = Field(0.0, ge=0.0, le=10.0)
 
 
 class DistributeConfig(_Strict):
@@ -220,30 +372,39 @@ class TrainConfig(_Strict):
 
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=65_536, description="documents per replica per step (global batch = this x replicas)")
-    optimizer: Literal["adam", "lazy_adam", "sgd"] = Field(
-        "adam",
+    optimizer: Literal["adam", "lazy_adam", "sgd", "auto"] = Field(
+        "auto",
         description="lazy_adam: Adam that updates only the embedding rows each batch used (pipeline/optimizers.py); "
-        "much cheaper per step with a large vocabulary",
+        "much cheaper per step with a large vocabulary. auto: lazy_adam from AUTO_LAZY_ADAM_MIN_VOCABULARY words, adam "
+        "below",
     )
     learning_rate: float = Field(2e-3, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD only (the HAN paper: SGD, momentum 0.9)")
     schedule: Literal["constant", "cosine", "exponential"] = "constant"
     decay_rate: float = Field(0.5, gt=0.0, le=1.0, description="exponential: factor per epoch")
-    clipnorm: float | None = Field(5.0, gt=0.0, description="global gradient-norm clipping; null = none")
+    clipnorm: float | None = Field(5.0, gt=0.0, le=1e6, description="global gradient-norm clipping; null = none")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     class_weights: Literal["none", "balanced"] = "none"
     bucket_batches: int = Field(
-        20, ge=1, description="documents of this many batches are sorted by length together, then batched"
+        20, ge=1, le=10_000, description="documents of this many batches are sorted by length together, then batched"
     )
     max_steps_per_epoch: int | None = Field(
-        None, ge=1, description="stop each epoch after this many batches (huge corpora: an epoch of N steps); null = the whole split"
+        None, ge=1, le=1_000_000_000, description="stop each epoch after this many batches (huge corpora: an epoch of N steps); null = the whole split"
     )
     shuffle_buffer: int = Field(
-        10_000, ge=1, description="documents shuffled together while streaming the training shards (memory grows with it)"
+        10_000, ge=1, le=10_000_000, description="documents shuffled together while streaming the training shards (memory grows with it)"
     )
     resume: bool = Field(True, description="continue an interrupted run from its last finished epoch")
     deterministic: bool = Field(True, description="TensorFlow op determinism (same metrics on CPU from the seed)")
     distribute: DistributeConfig = Field(default_factory=DistributeConfig)
+
+    def resolved(self, vocabulary: int | None = None) -> TrainConfig:
+        """``optimizer: auto`` replaced: ``lazy_adam`` from ``AUTO_LAZY_ADAM_MIN_VOCABULARY`` vocabulary
+        entries (Adam's update of every embedding row each step is then most of a step), else ``adam``."""
+        if self.optimizer != "auto":
+            return self
+        lazy = vocabulary is not None and vocabulary >= AUTO_LAZY_ADAM_MIN_VOCABULARY
+        return self.model_copy(update={"optimizer": "lazy_adam" if lazy else "adam"})
 
 
 class GateConfig(_Strict):
@@ -259,14 +420,24 @@ class GateConfig(_Strict):
 
 
 class BaselineConfig(_Strict):
+    """TF-IDF + logistic regression on the same split (``pipeline.metrics.tfidf_baseline``): the bar a HAN has to clear."""
+
     enabled: bool = True
-    max_features: int = Field(50_000, ge=10)
+    input: Literal["full_text", "tokens"] = Field(
+        "full_text", description="full_text: the whole documents, as a user would run TF-IDF (not truncated, no "
+        "out-of-vocabulary token, scikit-learn's own lowercasing and word pattern); tokens: exactly the HAN's "
+        "encoded tokens (its vocabulary and truncation)")
+    fit_on: Literal["train", "train_validation"] = Field(
+        "train", description="the documents it learns from: the training split, or training and validation together")
+    max_features: int | None = Field(None, ge=10, le=100_000_000, description="keep the most frequent n-grams; null: no cap")
+    min_df: int = Field(2, ge=1, le=1_000_000, description="an n-gram must be in at least this many training documents")
+    sublinear_tf: bool = Field(True, description="1 + log(term frequency) instead of the raw count")
     ngram_max: int = Field(2, ge=1, le=3)
-    C: float = Field(10.0, gt=0.0)
+    C: float = Field(10.0, gt=0.0, le=1e6)
 
 
 class EvaluateConfig(_Strict):
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=65_536)
     calibration_bins: int = Field(15, ge=2, le=1000)
     gate: GateConfig = Field(default_factory=GateConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
@@ -275,12 +446,12 @@ class EvaluateConfig(_Strict):
 class ExplainConfig(_Strict):
     """What the explain stage writes and measures (``pipeline.stages.explain``)."""
 
-    report_documents: int = Field(400, ge=1, description="documents in the HTML report (misclassified first)")
-    faithfulness_documents: int = Field(1000, ge=1, description="test documents used for the faithfulness metrics")
-    ks: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    report_documents: int = Field(400, ge=1, le=100_000, description="documents in the HTML report (misclassified first)")
+    faithfulness_documents: int = Field(1000, ge=1, le=10_000_000, description="test documents used for the faithfulness metrics")
+    ks: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [1, 2, 3], min_length=1, max_length=20)
     random_draws: int = Field(5, ge=1, le=100)
     top_n: int = Field(15, ge=1, le=1000, description="words and sentences listed per class")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=65_536)
 
 
 class TrackingConfig(_Strict):
@@ -299,8 +470,8 @@ class RetrainConfig(_Strict):
     schedule: str | None = Field("@weekly", description="cron expression or preset (@daily, @weekly); null: manual only")
     start_date: str = Field("2026-01-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="first logical date (UTC)")
     retries: int = Field(2, ge=0, le=20)
-    retry_delay_seconds: float = Field(300.0, gt=0)
-    max_retry_delay_seconds: float = Field(3600.0, gt=0, description="cap of the exponential backoff")
+    retry_delay_seconds: float = Field(300.0, gt=0, le=86_400)
+    max_retry_delay_seconds: float = Field(3600.0, gt=0, le=7 * 86_400, description="cap of the exponential backoff")
     explain: bool = Field(True, description="write the attention report of the new model after promotion")
     train_queue: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]+$",
@@ -315,43 +486,60 @@ class ServeConfig(_Strict):
     port: int = Field(5001, ge=1, le=65535)
     alias: str = Field("champion", pattern=r"^[A-Za-z0-9_-]+$")
     workers: int = Field(1, ge=1, le=64)
-    timeout_seconds: int = Field(60, ge=1, description="a request running longer gets 504")
-    max_texts: int = Field(1000, ge=1, description="texts per request; more gets 400")
-    max_characters: int = Field(10_000_000, ge=1, description="characters of text per request; more gets 400")
-    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1,
+    timeout_seconds: int = Field(60, ge=1, le=86_400, description="a request running longer gets 504")
+    max_texts: int = Field(1000, ge=1, le=1_000_000, description="texts per request; more gets 400")
+    max_characters: int = Field(10_000_000, ge=1, le=1_000_000_000, description="characters of text per request; more gets 400")
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1, le=4 * 1024**3,
                                    description="request body size; more gets 413 before the body is read")
 
 
 class RuntimeConfig(_Strict):
     """How TensorFlow uses the CPU and how the process allocates (``pipeline.runtime.apply_runtime``; set before TensorFlow starts)."""
 
-    intra_op_threads: int | None = Field(
-        None, ge=1, le=1024,
-        description="threads one TensorFlow op may use; null = TensorFlow's default (every core). 1 (configs/bbc.yaml, "
-        "imdb.yaml): the HAN's ops are small; one thread each lets model.word_buckets' groups run side by side",
+    intra_op_threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] | None = Field(
+        "auto",
+        description="threads one TensorFlow op may use; null = TensorFlow's default (every core). 1: the HAN's ops "
+        "are small; one thread each lets model.word_buckets' groups run side by side. auto: 1 where the model has "
+        "length groups, TensorFlow's default where it has one (no gain measured there)",
     )
     inter_op_threads: int | None = Field(
         None, ge=1, le=1024, description="TensorFlow ops run side by side; null = TensorFlow's default (one per core)"
     )
     malloc_arenas: int | None = Field(
-        None, ge=1, le=1024,
-        description="glibc malloc arenas (M_ARENA_MAX) for the whole process; null = glibc's default (8 per core). 2 "
-        "(configs/bbc.yaml, imdb.yaml): less freed memory kept in arenas of TensorFlow's threads' own at the same "
-        "speed; 1 was slower (README: Speed on a CPU, Memory); ignored off glibc",
+        2, ge=1, le=1024,
+        description="glibc malloc arenas (M_ARENA_MAX) for the whole process; null = glibc's default (8 per core). 2: "
+        "less freed memory kept in arenas of TensorFlow's threads' own at the same speed; 1 was slower (README: Speed "
+        "on a CPU, Memory); ignored off glibc",
     )
     malloc_trim_steps: int | None = Field(
-        None, ge=1, le=1_000_000,
+        25, ge=1, le=1_000_000,
         description="hand the memory freed in the process back to the system every N training steps (glibc "
-        "malloc_trim); null = never. 25 (configs/bbc.yaml, imdb.yaml): ~0.1 GB less resident on IMDB for 15 ms "
-        "per call (README: Memory); ignored off glibc",
+        "malloc_trim); null = never. 25: ~0.1 GB less resident on IMDB for 15 ms per call (README: Memory); "
+        "ignored off glibc",
     )
+
+    @field_validator("intra_op_threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        # One plain message instead of one per member of the union.
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise ValueError("expected a number of threads from 1 to 1024, auto or null")
+        return value
+
+    def resolved(self, length_groups: int | None = None) -> RuntimeConfig:
+        """``intra_op_threads: auto`` replaced: 1 when the model runs ``length_groups`` > 1, else null."""
+        if self.intra_op_threads != "auto":
+            return self
+        return self.model_copy(update={"intra_op_threads": 1 if (length_groups or 1) > 1 else None})
 
 
 class PipelineConfig(_Strict):
     """The whole configuration of one pipeline (one dataset, one model)."""
 
     name: str = Field("demo", description="the folder under the artifacts directory that holds this pipeline's outputs")
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataConfig = Field(default_factory=DataConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -381,12 +569,63 @@ class PipelineConfig(_Strict):
             self.tracking.registered_model = f"han-{self.name}"
         return self
 
+    @model_validator(mode="after")
+    def _positions_within_the_limits(self) -> PipelineConfig:
+        # Settings that count a document's words or sentences must fit what truncation leaves of it.
+        limits = self.preprocess.limits
+        problems = []
+        for level, key, limit in (("word", "max_words", limits.max_words), ("sentence", "max_sentences", limits.max_sentences)):
+            attention = getattr(self.model, f"{level}_attention")
+            if limit is None:
+                continue
+            if attention.mode == "hard" and attention.hard_k > limit:
+                problems.append(f"model.{level}_attention.hard_k ({attention.hard_k}) is more than preprocess.limits.{key} "
+                                f"({limit}): hard attention would keep every {level}; lower hard_k or raise the limit")
+            if attention.mode == "local" and attention.local_window >= limit:
+                problems.append(f"model.{level}_attention.local_window ({attention.local_window}) is not below "
+                                f"preprocess.limits.{key} ({limit}): the window would hold every {level}; lower it")
+        if limits.max_sentences is not None and max(self.explain.ks) >= limits.max_sentences:
+            problems.append(f"explain.ks ({self.explain.ks}) has a k of at least preprocess.limits.max_sentences "
+                            f"({limits.max_sentences}): no document would keep a sentence after removing k; lower it")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     # ----------------------------------------------------------------- derived values
+    def resolved(self, stats: dict[str, Any] | None = None) -> PipelineConfig:
+        """This config with every ``auto`` replaced by what suits the corpus (README: Speed on a CPU).
+
+        ``stats``: the preprocess stage's ``stats.json``; by default read from this pipeline's
+        preprocess folder, and without one (not preprocessed yet) ``auto`` is the small-corpus choice.
+        """
+        if stats is None:
+            path = self.stage_dir("preprocess") / "stats.json"
+            try:
+                stats = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                stats = {}
+        documents = words_filled = vocabulary = None
+        try:
+            documents = int(stats["documents"]["train"])
+            vocabulary = int(stats["vocabulary"]["size"])
+            words_filled = stats["splits"]["train"]["words_per_sentence"]["mean"] / stats["limits"]["max_words"]
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            pass
+        model = self.model.resolved(documents, words_filled)
+        resolved = self.model_copy(update={"model": model, "train": self.train.resolved(vocabulary),
+                                           "runtime": self.runtime.resolved(model.word_buckets)})
+        resolved._source, resolved._overrides = self._source, self._overrides
+        return resolved
+
     def resolved_data_path(self) -> Path | None:
-        """``data.path`` with ``${VAR}`` expanded (``HAN_DATA_DIR`` defaults to ``data/``)."""
-        if self.data.path is None:
-            return None
-        return Path(expand_env(self.data.path)).expanduser()
+        """``data.path`` with ``${VAR}`` expanded (``HAN_DATA_DIR`` defaults to ``data/``); the train path
+        where there is one per split (``resolved_data_paths`` gives them all)."""
+        paths = self.resolved_data_paths()
+        return paths.get(None, paths.get("train"))
+
+    def resolved_data_paths(self) -> dict[str | None, Path]:
+        """Every ``data.path``, expanded: ``{None: path}``, or ``{split: path}`` where there is one per split."""
+        return {split: Path(expand_env(path)).expanduser() for split, path in self.data.data_paths().items()}
 
     def artifacts_dir(self) -> Path:
         """``$HAN_ARTIFACTS_DIR/<name>`` (default ``<project>/artifacts/<name>``), never outside it."""

@@ -420,7 +420,8 @@ def build_han(
     """Build the HAN as one functional ``keras.Model`` (uncompiled; see ``compile_han``).
 
     Args:
-        config: The ``model`` section of the pipeline config.
+        config: The ``model`` section of the pipeline config. Its ``auto`` settings (resolved from the
+            data by the train stage, ``ModelConfig.resolved``) are the small-corpus choices here.
         vocab_size: Number of ids, PAD (0) and OOV (1) included.
         num_classes: Output classes (labels, for a multi-label model).
         embedding_matrix: Initial embeddings ``(vocab_size, config.embedding.dim)``, e.g. from
@@ -434,6 +435,8 @@ def build_han(
         sigmoids when ``config.multilabel``.
     """
     _check_build_arguments(config, vocab_size, num_classes, embedding_matrix)
+    if "auto" in (config.word_buckets, config.train_word_buckets, config.embedding_dropout):
+        config = config.resolved()
     token_ids = keras.Input(shape=(None, None), dtype="int32", name="token_ids")
 
     # Word level, on the batch's real sentences only.

@@ -41,7 +41,11 @@ ENVIRONMENT = {"intra_op_threads": "TF_NUM_INTRAOP_THREADS", "inter_op_threads":
 
 
 def apply_runtime(settings: RuntimeConfig) -> dict[str, int | None]:
-    """Cap the malloc arenas and ask TensorFlow for the thread counts; returns the thread counts asked (``None``: default)."""
+    """Cap the malloc arenas and ask TensorFlow for the thread counts; returns the thread counts asked (``None``: default).
+
+    ``auto`` thread counts should be resolved first (``PipelineConfig.resolved``); one that is not is ``None`` here.
+    """
+    settings = settings.resolved()
     if settings.malloc_arenas is not None:
         limit_malloc_arenas(settings.malloc_arenas)
     wanted = {name: getattr(settings, name) for name in ENVIRONMENT}

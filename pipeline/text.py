@@ -45,6 +45,9 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # Punkt is trained on chunks of documents: one huge string would hold millions of token objects.
 _TRAIN_CHUNK_CHARS = 1_000_000
+# A mail or news header line: an RFC 5322 field name (printable ASCII but ':') and a colon; or a folded continuation.
+_HEADER_FIELD = re.compile(r"[!-9;-~]+:")
+_HEADER_CONTINUATION = re.compile(r"[ \t]")
 
 
 def normalize_text(text: str, normalization: str) -> str:
@@ -68,6 +71,59 @@ def normalize_text(text: str, normalization: str) -> str:
         text = _SPACE_AROUND_NEWLINE.sub("\n", text)
         text = _BLANK_LINES.sub("\n\n", text)
     return text.strip()
+
+
+class LineFilter:
+    """Lines of a raw document that are not its text (``preprocess.drop_header``, ``preprocess.drop_lines``).
+
+    ``drop_header``: a leading header block is dropped: the lines before the first blank line, when
+    each is a field (``From: ...``, ``Subject: ...``, ``NNTP-Posting-Host: ...``) or a continuation
+    of one (starts with a space or tab); a block with any other line is text, and stays.
+    ``patterns``: regular expressions; a line in which any of them matches (``re.search``) is dropped.
+    Lines are the raw text's, before Unicode normalization and sentence splitting.
+    """
+
+    def __init__(self, drop_header: bool = False, patterns: Iterable[str] = ()) -> None:
+        self.drop_header = bool(drop_header)
+        self.patterns = list(patterns)
+        self._compiled = [re.compile(pattern) for pattern in self.patterns]
+
+    def __bool__(self) -> bool:
+        return self.drop_header or bool(self.patterns)
+
+    def apply(self, text: str) -> tuple[str, int, int]:
+        """``text`` without the dropped lines, how many lines were dropped and how many characters they held."""
+        if not self:
+            return text, 0, 0
+        lines = _LINE_ENDING.sub("\n", text).split("\n")
+        start = self._header_lines(lines) if self.drop_header else 0
+        kept = [line for line in lines[start:] if not any(p.search(line) for p in self._compiled)]
+        dropped = len(lines) - len(kept)
+        if not dropped:
+            return text, 0, 0
+        characters = sum(map(len, lines)) - sum(map(len, kept))
+        return "\n".join(kept), dropped, characters
+
+    @staticmethod
+    def _header_lines(lines: list[str]) -> int:
+        """How many leading lines form a header block (0 when the text does not start with one)."""
+        if not lines or not _HEADER_FIELD.match(lines[0]):
+            return 0
+        end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+        block = lines[1:end]
+        if all(_HEADER_FIELD.match(line) or _HEADER_CONTINUATION.match(line) for line in block):
+            return end
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"drop_header": self.drop_header, "drop_lines": list(self.patterns)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LineFilter:
+        return cls(bool(data.get("drop_header", False)), data.get("drop_lines", ()))
+
+    def __repr__(self) -> str:
+        return f"LineFilter(drop_header={self.drop_header}, patterns={self.patterns!r})"
 
 
 class SentenceSplitter:
@@ -236,14 +292,20 @@ class WordTokenizer:
 
 
 class TextProcessor:
-    """Raw document -> sentences of word tokens; what preprocessing and the served model both use."""
+    """Raw document -> sentences of word tokens; what preprocessing and the served model both use.
 
-    def __init__(self, splitter: SentenceSplitter, tokenizer: WordTokenizer, normalization: str) -> None:
+    ``line_filter`` (optional) drops the lines that are not the document first (a mail header), so
+    a served text is read as the training documents were.
+    """
+
+    def __init__(self, splitter: SentenceSplitter, tokenizer: WordTokenizer, normalization: str,
+                 line_filter: LineFilter | None = None) -> None:
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unicode normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         self.splitter = splitter
         self.tokenizer = tokenizer
         self.normalization = normalization
+        self.line_filter = line_filter if line_filter else None
 
     def process(self, text: str) -> list[list[str]]:
         """Token lists of the sentences that have at least one token."""
@@ -259,13 +321,15 @@ class TextProcessor:
 
     def _sentences(self, text: str) -> Iterator[tuple[str, list[str]]]:
         tokenize = self.tokenizer.tokenize
+        if self.line_filter is not None:
+            text = self.line_filter.apply(text)[0]
         for sentence in self.splitter.split(normalize_text(text, self.normalization)):
             tokens = tokenize(sentence)
             if tokens:
                 yield sentence, tokens
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": PROCESSOR_FORMAT,
             "version": FORMAT_VERSION,
             "normalization": self.normalization,
@@ -273,13 +337,17 @@ class TextProcessor:
             "lowercase": self.tokenizer.lowercase,
             "splitter": self.splitter.to_json(),
         }
+        if self.line_filter is not None:  # absent when nothing is dropped: older files read the same
+            data["drop"] = self.line_filter.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TextProcessor:
         _check_format(data, PROCESSOR_FORMAT, "text processor")
         try:
             tokenizer = WordTokenizer(data["tokenizer"], bool(data["lowercase"]))
-            return cls(SentenceSplitter.from_json(data["splitter"]), tokenizer, data["normalization"])
+            line_filter = LineFilter.from_json(data["drop"]) if data.get("drop") else None
+            return cls(SentenceSplitter.from_json(data["splitter"]), tokenizer, data["normalization"], line_filter)
         except KeyError as err:
             raise ValueError(f"text processor JSON lacks the field {err.args[0]!r}; re-run preprocessing") from None
 
@@ -291,7 +359,8 @@ class TextProcessor:
         return cls.from_json(_read_json(Path(path), "text processor"))
 
     def __repr__(self) -> str:
-        return f"TextProcessor({self.splitter!r}, {self.tokenizer!r}, normalization={self.normalization!r})"
+        return (f"TextProcessor({self.splitter!r}, {self.tokenizer!r}, normalization={self.normalization!r}, "
+                f"line_filter={self.line_filter!r})")
 
 
 # --------------------------------------------------------------------------- NLTK's rules, without the per-call timeout

@@ -29,11 +29,13 @@ from pipeline.data.readers import (
     _is_tar,
     _is_zip,
     _plan_tree,
-    read_documents,
+    read_corpus,
     read_records,
+    split_of_name,
 )
 from pipeline.data.records import RawDocument, Rejected
 from pipeline.data.validate import Validator
+from pipeline.text import LineFilter
 
 SAMPLE_RECORDS = 2000
 MAX_LABELS = 50  # more distinct values than this, and an unnamed column is not taken for a label
@@ -42,17 +44,13 @@ LABEL_NAMES = ("label", "labels", "category", "class", "topic", "sentiment", "ta
 ID_NAMES = ("id", "uuid", "guid", "key")
 SPLIT_COLUMN_NAMES = ("split", "subset", "fold", "partition", "set")
 DEFAULT_MAX_CHARS = DataConfig().max_chars
-# The CPU settings that configs/bbc.yaml and configs/imdb.yaml share: (section, key, value, why). A test keeps
-# them equal to bbc.yaml's; what those files tuned to their own data (dropout, attention penalty) stays out.
-CPU_SETTINGS = (
-    ("model", "word_buckets", 8, "length groups for the word BiGRU and attention (README: Length groups); 1 on toy data"),
-    ("model", "train_word_buckets", 2, "fewer groups while training: less graph tracing, lower peak memory"),
-    ("model", "embedding_dropout", "word_type", "one dropout mask per distinct word: faster training steps"),
-    ("train", "optimizer", "lazy_adam", "Adam on the embedding rows each batch used (README: Training)"),
-    ("runtime", "intra_op_threads", 1, "one thread per op: the length groups run side by side (measured on 2 cores)"),
-    ("runtime", "malloc_arenas", 2, "two glibc malloc arenas: lower peak memory at the same speed (README: Memory)"),
-    ("runtime", "malloc_trim_steps", 25, "freed memory back to the system every 25 steps (README: Memory)"),
-)
+
+
+_HEADERS = LineFilter(drop_header=True)
+
+
+def _mostly_headers(found: Inspection) -> bool:
+    return found.records_sampled > 0 and found.with_header >= found.records_sampled / 2
 
 
 class InspectError(ValueError):
@@ -117,6 +115,8 @@ class Inspection:
     longest_text: int = 0
     decode_error_bytes: int = 0
     skipped_files: int = 0
+    split_paths: dict[str, Path] = field(default_factory=dict)  # a table file per split, named by its split
+    with_header: int = 0  # sampled texts that start with a mail/news header block (preprocess.drop_header)
     doubts: list[str] = field(default_factory=list)
 
 
@@ -130,6 +130,13 @@ def inspect_data(path: str | Path, sample: int = SAMPLE_RECORDS) -> Inspection:
         raise InspectError(f"{path} does not exist (relative paths are read from {Path.cwd()})")
     fmt, reason, doubts = detect_format(path)
     found = Inspection(path=path, format=fmt, format_reason=reason, doubts=doubts)
+    if path.is_dir() and fmt in TABLE_SUFFIXES:
+        found.split_paths = split_files(path, fmt)
+    elif path.is_file() and fmt in TABLE_SUFFIXES and split_of_name(_stem(path.name, fmt)) is not None:
+        siblings = split_files(path.parent, fmt)
+        if siblings and path in siblings.values():
+            found.doubts.append(f"{', '.join(p.name for p in siblings.values())} lie side by side, a file per split: "
+                                f"give the folder ({path.parent}) to read them all, each as its split")
     if fmt == "folder":
         _inspect_folder(found, sample)
     else:
@@ -145,7 +152,7 @@ def detect_format(path: Path) -> tuple[str, str, list[str]]:
             if name.endswith(suffixes):
                 return fmt, f"from the {Path(name).suffix} suffix", []
         if _is_zip(path) or _is_tar(path):
-            return "folder", "an archive: its <label>/*.txt files are read inside it", []
+            return "folder", "an archive: its <label>/<document> files are read inside it", []
         with path.open("rb") as file:
             head = file.read(4096)
         if head.startswith(b"PAR1"):
@@ -154,7 +161,7 @@ def detect_format(path: Path) -> tuple[str, str, list[str]]:
             return "jsonl", "from the first line: a JSON object", []
         raise InspectError(
             f"{path}: cannot tell its format; the readers take .csv (with a header row), .jsonl/.ndjson (one JSON "
-            f"object per line), .parquet, a folder of <label>/*.txt or an archive of one ({', '.join(('.zip', *TAR_SUFFIXES))})"
+            f"object per line), .parquet, a folder of <label>/<document> or an archive of one ({', '.join(('.zip', *TAR_SUFFIXES))})"
         )
     names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
     counts = Counter()
@@ -166,14 +173,34 @@ def detect_format(path: Path) -> tuple[str, str, list[str]]:
     if not found:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise InspectError(
-            f"{path}: no .csv, .jsonl, .ndjson or .parquet files and no <label>/*.txt (or <split>/<label>/*.txt) "
-            f"folders in it; found {len(names)} other files{': ' + shown if shown else ''}"
+            f"{path}: no .csv, .jsonl, .ndjson or .parquet files and no <label>/<document> (or <split>/<label>/<document>; "
+            f"a document: *.txt or a name without an extension) folders in it; found {len(names)} other files{': ' + shown if shown else ''}"
         )
     fmt, n = found[0]
-    what = ".txt documents in class folders" if fmt == "folder" else f"{' / '.join(TABLE_SUFFIXES[fmt])} files"
-    doubts = [f"the folder also holds {m:,} {'.txt documents in class folders' if other == 'folder' else other + ' files'}, "
+    what = "documents in class folders" if fmt == "folder" else f"{' / '.join(TABLE_SUFFIXES[fmt])} files"
+    doubts = [f"the folder also holds {m:,} {'documents in class folders' if other == 'folder' else other + ' files'}, "
               f"which data.format {fmt} does not read" for other, m in found[1:]]
     return fmt, f"{n:,} {what} in the folder", doubts
+
+
+def split_files(folder: Path, fmt: str) -> dict[str, Path]:
+    """The ``fmt`` files in ``folder`` as a ``data.path`` per split, when each file's name says a different
+    split (``train.csv``, ``test.csv``, ``imdb_dev.jsonl``) and one is train; else ``{}``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.name.lower().endswith(TABLE_SUFFIXES[fmt]))
+    found: dict[str, Path] = {}
+    for file in files:
+        split = split_of_name(_stem(file.name, fmt))
+        if split is None or split in found:
+            return {}
+        found[split] = file
+    return {split: found[split] for split in ("train", "validation", "test") if split in found} if "train" in found \
+        and len(found) > 1 else {}
+
+
+def _stem(name: str, fmt: str) -> str:
+    lowered = name.lower()
+    return next((name[: -len(suffix)] for suffix in TABLE_SUFFIXES[fmt] if lowered.endswith(suffix)), name)
 
 
 def _is_json_object(line: bytes) -> bool:
@@ -242,13 +269,14 @@ def _read_sample(found: Inspection, config: DataConfig, sample: int, count_label
     """Read the sample as preprocess will (the readers, then validation): labels, splits, what is quarantined."""
     report = ReadReport()
     validator = Validator(None, config.max_chars)
-    stream = read_documents(config, found.path, report)
+    stream = read_corpus(config, found.split_paths or {None: found.path}, report)
     read = 0
     try:
         for record in islice(stream, sample):
             read += 1
             if isinstance(record, RawDocument) and record.text:
                 found.longest_text = max(found.longest_text, len(record.text))
+                found.with_header += _HEADERS.apply(record.text)[1] > 0
             outcome = validator.check(record)
             if isinstance(outcome, Rejected):
                 found.quarantined[outcome.reason] += 1
@@ -268,6 +296,10 @@ def _read_sample(found: Inspection, config: DataConfig, sample: int, count_label
     if found.longest_text > DEFAULT_MAX_CHARS:
         found.doubts.append(f"a text of {found.longest_text:,} characters, over data.max_chars' default of "
                             f"{DEFAULT_MAX_CHARS:,}: the config raises data.max_chars")
+    if _mostly_headers(found):
+        found.doubts.append(f"{found.with_header:,} of {read:,} sampled texts start with a mail/news header (From:, "
+                            "Subject:, ...): a model learns its senders and hosts as a shortcut, so the config drops it "
+                            "(preprocess.drop_header: true; README: Data formats)")
 
 
 def _choose_fields(found: Inspection, records: int) -> None:
@@ -280,8 +312,8 @@ def _choose_fields(found: Inspection, records: int) -> None:
         return lowered in words or any(lowered.endswith(("_" + w, "-" + w, " " + w)) for w in words)
 
     # Split: every value one the readers accept (train, test, val, validation, dev).
-    splits = [p for p in profiles.values()
-              if p.present and not p.nested and all(v.lower() in SPLIT_NAMES for v in p.values)]
+    splits = [p for p in profiles.values() if not found.split_paths  # the file names say the split
+              and p.present and not p.nested and all(v.lower() in SPLIT_NAMES for v in p.values)]
     splits.sort(key=lambda p: (not named(p.name, SPLIT_COLUMN_NAMES), -p.present))
     for p in profiles.values():
         if named(p.name, SPLIT_COLUMN_NAMES) and p not in splits and p.present:
@@ -386,11 +418,13 @@ def config_data_path(path: Path) -> str:
 
 
 def config_text(found: Inspection, name: str, data_path: str, config_path: str | None = None) -> str:
-    """The YAML of a starting config: ``name``, ``data`` and the CPU settings, each line with its why."""
+    """The YAML of a starting config: ``name``, ``data`` (and ``preprocess`` where the sample asks), each line
+    with its why. The CPU settings are the defaults' ``auto``, chosen from the data when it trains."""
     lines = [
         f"# {found.path.name}: written by `python -m pipeline init-config` from {_sampled(found)}.",
         f"# Check it, then: make pipeline CONFIG={config_path or f'configs/{name}.yaml'}",
-        "# Only what differs from configs/default.yaml (every key, with its default) is here.",
+        "# Only what differs from configs/default.yaml (every key, with its default) is here; its CPU settings",
+        "# (length groups, threads, dropout masks, optimizer) are `auto`: chosen from the data (README: Speed on a CPU).",
     ]
     body: list[tuple[str, str]] = [
         (f"name: {_scalar(name)}", "outputs go to $HAN_ARTIFACTS_DIR/<name>/<stage>/"),
@@ -399,6 +433,11 @@ def config_text(found: Inspection, name: str, data_path: str, config_path: str |
         (f"  path: {_scalar(data_path)}", "relative paths are read from where the pipeline runs (make: the project root)"
          if not data_path.startswith(("${", "/")) else ""),
     ]
+    if found.split_paths:
+        carved = [split for split in ("validation", "test") if split not in found.split_paths]
+        body[-1] = ("  path:", "a file per split, named by its split: the dataset's own split"
+                    + (f" ({' and '.join(carved)} carved from train by preprocess.split)" if carved else ""))
+        body += [(f"    {split}: {_scalar(config_data_path(file))}", "") for split, file in found.split_paths.items()]
     if found.format == "folder":
         own_split = "; <split>/ folders: the dataset's own split" if found.splits.keys() - {"(none)"} else ""
         body[-2] = (body[-2][0], f"{found.format_reason}; label = folder name, id = file path{own_split}")
@@ -421,13 +460,9 @@ def config_text(found: Inspection, name: str, data_path: str, config_path: str |
         shown = yaml.safe_dump(sorted(found.labels), default_flow_style=True, width=10_000).strip()
         body.append(("  # uncomment to keep only these labels; others are then quarantined (unknown_label):", ""))
         body.append((f"  # labels: {shown}", ""))
-    section = None
-    for section_name, key, value, why in CPU_SETTINGS:
-        if section_name != section:
-            section = section_name
-            body.append((f"{section}:", "CPU settings of configs/bbc.yaml (README: Speed on a CPU)"
-                         if section == "model" else ""))
-        body.append((f"  {key}: {_scalar(value)}", why))
+    if _mostly_headers(found):
+        body += [("preprocess:", ""), ("  drop_header: true", f"{found.with_header:,} sampled texts start with a "
+                                       "header block (From:, Subject:, ...), dropped before splitting; false keeps it")]
     width = max((len(text) for text, why in body if why and len(text) < 40), default=30) + 2
     lines += [f"{text.ljust(width) if len(text) < width else text + '  '}# {why}" if why else text for text, why in body]
     return "\n".join(lines) + "\n"
@@ -454,11 +489,11 @@ def write_config(path: str | Path, *, name: str | None = None, output: str | Pat
     text = config_text(found, name, config_data_path(path), str(shown))
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
     try:
+        partial.write_text(text, encoding="utf-8")
         load_config(partial)
-    except Exception:
-        partial.unlink()
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk or a config that does not load leaves nothing behind
         raise
     os.replace(partial, output)
     return found, output
@@ -494,7 +529,10 @@ def render(found: Inspection) -> str:
             out.append(f"other       {', '.join(others)} (not used)")
     counted = "in the folders" if found.documents_total is not None else "in the sample"
     out.append(f"labels      {len(found.labels):,} {counted}: " + _counts(found.labels))
-    if found.splits.keys() - {"(none)"}:
+    if found.split_paths:
+        out.append("splits      a file per split: " + ", ".join(f"{split} = {file.name}" for split, file
+                                                              in found.split_paths.items()))
+    elif found.splits.keys() - {"(none)"}:
         out.append("splits      " + _counts(found.splits) + ("" if found.splits.get("validation")
                                                               else "; validation is carved from train"))
     if found.quarantined:

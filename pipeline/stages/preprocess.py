@@ -41,6 +41,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import records
 from pipeline.data.records import RawDocument, Rejected
 from pipeline.progress import Progress
+from pipeline.tracking import check_before_commit
 
 # Bump when the output format or the processing changes, so old outputs are not reused.
 STAGE_VERSION = 2  # 2: sharded outputs (<split>-NNNNN.npz)
@@ -48,6 +49,8 @@ SPLITS = ("train", "validation", "test")
 # Below this many documents, worker processes cost more than they save.
 _PARALLEL_MIN_DOCS = 2000
 _CHUNK_DOCS = 250
+# A label with fewer training documents than this gets a warning: too few to learn it well.
+FEW_TRAINING_DOCUMENTS = 5
 
 
 class PreprocessError(RuntimeError):
@@ -79,20 +82,25 @@ def _records(config: PipelineConfig, report):
         from pipeline.data import demo
 
         return demo.generate_demo_corpus(config.data.demo, seed=config.seed)
-    from pipeline.data.readers import read_documents
+    from pipeline.data.readers import read_corpus
 
-    path = config.resolved_data_path()
-    assert path is not None  # the config validator requires data.path for every other format
-    return read_documents(config.data, path, report=report)
+    paths = config.resolved_data_paths()
+    assert paths  # the config validator requires data.path for every other format
+    return read_corpus(config.data, paths, report=report)
 
 
-def _scan(config: PipelineConfig, spool: Path) -> tuple[list[_Kept], list[Rejected], Any, int]:
-    """Pass 1: read and validate every input record once; kept documents are spooled to disk in order."""
+def _scan(config: PipelineConfig, spool: Path, dropped: Counter | None = None) -> tuple[list[_Kept], list[Rejected], Any, int]:
+    """Pass 1: read and validate every input record once; kept documents are spooled to disk in order.
+
+    ``dropped`` counts what ``preprocess.drop_header`` / ``drop_lines`` will take out of the kept
+    documents (``documents``, ``lines``, ``characters``); the text processor drops it when it tokenizes.
+    """
     from pipeline.data.readers import ReadReport
     from pipeline.data.validate import Validator
 
     report = ReadReport()
-    validator = Validator(config.data.labels, config.data.max_chars)
+    validator = Validator(config.data.labels, config.data.max_chars, config.preprocess.unicode_normalization)
+    line_filter = _line_filter(config)
     kept: list[_Kept] = []
     quarantined: list[Rejected] = []
     count = 0
@@ -105,6 +113,9 @@ def _scan(config: PipelineConfig, spool: Path) -> tuple[list[_Kept], list[Reject
                 quarantined.append(outcome)
                 continue
             kept.append(_Kept(sys.intern(outcome.label), outcome.split))
+            if line_filter and dropped is not None:
+                _, lines, characters = line_filter.apply(outcome.text)
+                dropped.update(documents=lines > 0, lines=lines, characters=characters)
             out.write(json.dumps({"id": outcome.id, "label": outcome.label, "source": outcome.source,
                                   "text": outcome.text, "meta": outcome.meta}, ensure_ascii=False) + "\n")
     return kept, quarantined, report, count
@@ -131,8 +142,8 @@ def _blocks(rows, size: int):
 def assign_splits(docs: Sequence[RawDocument], seed: int, validation: float, test: float) -> dict[str, list[int]]:
     """Indices of ``docs`` per split.
 
-    The dataset's own split wins when it has one (IMDB's train/test); a missing validation
-    split is then carved from train. Otherwise each class is shuffled from the seed and cut
+    The dataset's own split wins when it has one (IMDB's train/test); a validation or test split
+    it lacks is then carved from train. Otherwise each class is shuffled from the seed and cut
     into train/validation/test, so every split keeps the class balance.
     """
     rng = np.random.default_rng(seed)
@@ -158,13 +169,110 @@ def assign_splits(docs: Sequence[RawDocument], seed: int, validation: float, tes
             if s in ("test", "validation"):
                 splits[s].append(i)
         pool = [i for i, s in enumerate(own) if s not in ("test", "validation")]
-        if splits["validation"]:
-            splits["train"].extend(pool)
+        missing = {name: fraction for name, fraction in (("test", test), ("validation", validation)) if not splits[name]}
+        if missing:
+            carve(pool, missing, remainder="train")
         else:
-            carve(pool, {"validation": validation}, remainder="train")
+            splits["train"].extend(pool)
     else:
         carve(list(range(len(docs))), {"test": test, "validation": validation}, remainder="train")
     return {name: sorted(indices) for name, indices in splits.items()}
+
+
+def _empty_training_split(config: PipelineConfig, kept: Sequence[_Kept], report) -> str:
+    """Why no document is in the training split, and what to change: the advice depends on who split the data."""
+    found = Counter(doc.split or "(none)" for doc in kept)
+    shown = ", ".join(f"{split} {n:,}" for split, n in sorted(found.items()))
+    if isinstance(config.data.path, dict):
+        return (f"the training split is empty: data.path.train ({config.data.path['train']}) holds no usable document "
+                f"(kept per split: {shown}); point data.path.train at the training data")
+    if any(doc.split for doc in kept):
+        values = ", ".join(f"{value!r} = {split}" for value, split in sorted(report.split_values.items()))
+        where = (f"data.split_field {config.data.split_field!r}" if config.data.split_field
+                 else "the split folders (<split>/<label>/...)")
+        return (f"the training split is empty: {where} decides the split (preprocess.split's fractions are not "
+                f"used then), and no kept document is in train; values found: {values} (kept: {shown}). Mark the "
+                f"training documents with one of {', '.join(config.data.split_values['train'])} (or add their value "
+                f"to data.split_values.train)")
+    return "the training split is empty; lower preprocess.split.test/validation or add documents"
+
+
+def split_table(labels: Sequence[str], label_of: np.ndarray, split_of: np.ndarray) -> dict[str, dict[str, int]]:
+    """Documents per label and split, ``{label: {"train": n, "validation": n, "test": n}}``;
+    ``label_of``/``split_of``: each document's index into ``labels``/``SPLITS`` (-1: quarantined)."""
+    counts = np.zeros((len(labels), len(SPLITS)), dtype=np.int64)
+    placed = split_of >= 0
+    np.add.at(counts, (label_of[placed], split_of[placed]), 1)
+    return {label: dict(zip(SPLITS, (int(n) for n in counts[i]), strict=True)) for i, label in enumerate(labels)}
+
+
+def _own_split(config: PipelineConfig) -> str:
+    if isinstance(config.data.path, dict):
+        return "the data's own split (data.path.<split>, a file per split)"
+    if config.data.split_field:
+        return f"the data's own split (data.split_field {config.data.split_field!r})"
+    return "the data's own split (the split folders <split>/<label>/...)"
+
+
+def _listed(table: dict[str, dict[str, int]], labels: Sequence[str], shown: int = 10) -> str:
+    """``'c' (train 0, validation 1, test 2), ...``: the first ``shown`` labels and their documents per split."""
+    parts = [f"{label!r} ({', '.join(f'{name} {table[label][name]:,}' for name in SPLITS)})" for label in labels[:shown]]
+    return ", ".join(parts) + (f" and {len(labels) - shown} more" if len(labels) > shown else "")
+
+
+def _labels_have(labels: Sequence[str]) -> tuple[str, str]:
+    """``("a label has", "it")`` or ``("3 labels have", "them")``."""
+    return ("a label has", "it") if len(labels) == 1 else (f"{len(labels)} labels have", "them")
+
+
+def check_splits(config: PipelineConfig, table: dict[str, dict[str, int]], own: set[str]) -> list[str]:
+    """Refuse splits a model cannot be learnt from or scored on; return the warnings for splits it can, badly.
+
+    Errors: a label without training documents (the model could never predict it), and an empty test
+    split when ``preprocess.split.test`` asks for one. Warnings: labels with fewer than
+    ``FEW_TRAINING_DOCUMENTS`` training documents, and labels without test documents (their test
+    scores cannot be measured). ``own``: the splits the data itself marks; their fixes are made in the
+    data, those of the splits cut by ``preprocess.split``'s fractions in the config.
+    """
+    fractions = config.preprocess.split
+    # round(n * f) > 0 needs n * f > 0.5: the fewest documents a label needs for one in a split of fraction f.
+    need = math.floor(0.5 / fractions.test) + 1 if fractions.test > 0 else None
+    carved = ("the data's own split has no test documents, so preprocess.split.test carves them from its training "
+              "documents; " if own else "")
+    untrained = [label for label, n in table.items() if n["train"] == 0]
+    if untrained:
+        has, them = _labels_have(untrained)
+        fix = (f"add training documents for {them} to {_own_split(config)}" if "train" in own else
+               f"add documents, or lower preprocess.split.test / preprocess.split.validation (now {fractions.test:g} / "
+               f"{fractions.validation:g})")
+        raise PreprocessError(f"{has} no training documents, so the model cannot learn {them}: {_listed(table, untrained)}. "
+                              f"Fix: {fix}; or leave {them} out with data.labels (listing the labels to keep), or merge "
+                              f"{them} into another label")
+    test_total = sum(n["test"] for n in table.values())
+    if test_total == 0 and fractions.test > 0:
+        if "test" in own:
+            raise PreprocessError(f"the test split is empty: no test document of {_own_split(config)} was kept; add "
+                                  "test documents to it (the model cannot be evaluated without them)")
+        largest = max(n["train"] + n["validation"] for n in table.values())
+        raise PreprocessError(
+            f"the test split is empty: {carved}preprocess.split.test={fractions.test:g} of each label rounds to no "
+            f"document ({len(table)} labels, the largest with {largest:,} documents; a label needs {need} for one test "
+            "document). Fix: add documents, merge small labels, or raise preprocess.split.test")
+    warnings = []
+    few = [label for label, n in table.items() if n["train"] < FEW_TRAINING_DOCUMENTS]
+    if few:
+        has, them = _labels_have(few)
+        warnings.append(f"{has} fewer than {FEW_TRAINING_DOCUMENTS} training documents, too few to learn {them} well: "
+                        f"{_listed(table, few)}; add documents for {them}, or merge {them} into another label")
+    untested = [label for label, n in table.items() if n["test"] == 0]
+    if untested and test_total:
+        has, them = _labels_have(untested)
+        fix = (f"add test documents for {them} to {_own_split(config)}" if "test" in own else
+               f"{carved}add documents (a label needs {need} for one test document at preprocess.split.test="
+               f"{fractions.test:g}), or raise preprocess.split.test")
+        warnings.append(f"{has} no test documents, so the test scores cannot measure {them}: "
+                        f"{_listed(table, untested)}; {fix}")
+    return warnings
 
 
 # --------------------------------------------------------------------------- tokenizing
@@ -242,6 +350,18 @@ def _has_word(sentences: list[list[str]]) -> bool:
     return any(ch.isalnum() for sentence in sentences for token in sentence for ch in token)
 
 
+def _dropped_note(processor, text: str) -> str:
+    """What the line filter took out of a document left without words, for its quarantine detail."""
+    lines = processor.line_filter.apply(text)[1] if processor.line_filter is not None else 0
+    return f" (preprocess.drop_header / drop_lines dropped {lines} of its lines)" if lines else ""
+
+
+def _line_filter(config: PipelineConfig):
+    from pipeline.text import LineFilter
+
+    return LineFilter(config.preprocess.drop_header, config.preprocess.drop_lines)
+
+
 def _build_processor(config: PipelineConfig, train_indices: list[int], spool: Path):
     """The text processor; Punkt, when trained, learns from (a seeded sample of) the training split."""
     from pipeline.text import SentenceSplitter, TextProcessor, WordTokenizer, normalize_text
@@ -259,8 +379,9 @@ def _build_processor(config: PipelineConfig, train_indices: list[int], spool: Pa
         wanted = set(chosen)
         sample = [row["text"] for i, row in enumerate(_spooled(spool)) if i in wanted]
         started = time.perf_counter()
+        line_filter = _line_filter(config)
         splitter = SentenceSplitter.train(
-            (normalize_text(t, settings.unicode_normalization) for t in sample),
+            (normalize_text(line_filter.apply(t)[0], settings.unicode_normalization) for t in sample),
             settings.punkt.extra_abbreviations,
         )
         _log(f"trained a Punkt sentence splitter on {len(sample):,} training documents "
@@ -268,7 +389,7 @@ def _build_processor(config: PipelineConfig, train_indices: list[int], spool: Pa
     else:
         _log("using the installed NLTK Punkt model")
     tokenizer = WordTokenizer(settings.tokenizer, lowercase=settings.lowercase)
-    return TextProcessor(splitter, tokenizer, settings.unicode_normalization)
+    return TextProcessor(splitter, tokenizer, settings.unicode_normalization, _line_filter(config))
 
 
 # --------------------------------------------------------------------------- stats
@@ -369,13 +490,16 @@ def _input_hashes(config: PipelineConfig) -> dict[str, str]:
         from pipeline.data import demo
 
         return {"demo-generator": sha256_file(Path(demo.__file__))}
-    path = config.resolved_data_path()
-    if path is None or not path.exists():
-        raise PreprocessError(
-            f"data.path {config.data.path!r} resolves to {path}, which does not exist. "
-            "Set HAN_DATA_DIR to your dataset root or fix data.path in the config."
-        )
-    return {str(path): sha256_tree(path)}
+    hashes = {}
+    for split, path in config.resolved_data_paths().items():
+        if not path.exists():
+            key = "data.path" if split is None else f"data.path.{split}"
+            raise PreprocessError(
+                f"{key} {config.data.data_paths()[split]!r} resolves to {path}, which does not exist. "
+                "Set HAN_DATA_DIR to your dataset root or fix data.path in the config."
+            )
+        hashes[str(path)] = sha256_tree(path)
+    return hashes
 
 
 def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
@@ -392,6 +516,8 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
     previous = read_manifest(out_dir)
     if not force and previous and previous.get("fingerprint") == fingerprint and outputs_intact(out_dir, previous):
         _log(f"inputs and config unchanged since {previous.get('created')}; nothing to do ({out_dir})")
+        for warning in previous.get("warnings", []):
+            _log(f"warning: {warning}")
         _track(config, out_dir, previous, cached=True, started=started)
         return PreprocessResult(out_dir, previous, skipped=True)
 
@@ -402,6 +528,7 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
         shutil.rmtree(spool)
         manifest["outputs"] = output_hashes(staging)
         write_json(staging / MANIFEST, manifest)
+        check_before_commit()  # a locked or full tracking store: refused now, not after the commit
 
     limits = stats["limits"]
     _log(f"wrote {out_dir} in {stats['seconds']:.1f}s ({stats['documents_per_second']:,.0f} documents/s); "
@@ -417,10 +544,12 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
     from pipeline.vocab import Vocabulary
 
     kept_spool, tokens_spool = spool / "kept.jsonl", spool / "tokens.jsonl"
-    kept, quarantined, read_report, input_count = _scan(config, kept_spool)
+    dropped: Counter[str] = Counter(documents=0, lines=0, characters=0)
+    kept, quarantined, read_report, input_count = _scan(config, kept_spool, dropped)
     labels = sorted({doc.label for doc in kept})
     if not input_count:
-        raise PreprocessError(f"no documents in {config.resolved_data_path()} (data.format {config.data.format!r}): "
+        shown = ", ".join(str(path) for path in config.resolved_data_paths().values())
+        raise PreprocessError(f"no documents in {shown} (data.format {config.data.format!r}): "
                               "the input is empty; check data.path and data.format")
     if not kept:
         by_reason = dict(Counter(r.reason for r in quarantined))
@@ -432,8 +561,20 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
 
     split_indices = assign_splits(kept, config.seed, config.preprocess.split.validation, config.preprocess.split.test)
     if not split_indices["train"]:
-        raise PreprocessError("the training split is empty; lower preprocess.split.test/validation or add documents")
+        raise PreprocessError(_empty_training_split(config, kept, read_report))
     split_source = "dataset" if any(doc.split for doc in kept) else f"stratified from seed {config.seed}"
+    own_splits = {doc.split for doc in kept if doc.split}
+    label_code = {label: i for i, label in enumerate(labels)}
+    label_of = np.fromiter((label_code[doc.label] for doc in kept), dtype=np.int32, count=len(kept))
+    if isinstance(config.data.path, dict):
+        _log("the dataset's own split, a data.path per split: " + ", ".join(f"{split} = {path}" for split, path
+                                                                          in config.data.data_paths().items()))
+    elif read_report.split_values:
+        _log("the dataset's own split: " + ", ".join(f"{value!r} = {split}" for value, split
+                                                      in sorted(read_report.split_values.items())))
+    if dropped["lines"]:
+        _log(f"preprocess.drop_header / drop_lines: {dropped['lines']:,} lines ({dropped['characters']:,} characters) "
+             f"dropped from {dropped['documents']:,} documents before sentence splitting")
     split_of = np.full(len(kept), -1, dtype=np.int8)
     for code, name in enumerate(SPLITS):
         split_of[split_indices[name]] = code
@@ -453,7 +594,8 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
                 if not _has_word(tokens):
                     # A document whose text yields no word at all cannot be classified: quarantine it, visibly.
                     quarantined.append(Rejected(row["source"], records.NO_TOKENS,
-                                                "no word tokens after sentence splitting and tokenization",
+                                                "no word tokens after sentence splitting and tokenization"
+                                                + _dropped_note(processor, row["text"]),
                                                 id=row["id"], label=row["label"]))
                     split_of[index] = -1
                 else:
@@ -484,6 +626,9 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
             f"limit preprocess.max_quarantine_fraction={config.preprocess.max_quarantine_fraction}. Reasons: {counts['by_reason']}. "
             f"See {report} for each record; fix the data or raise the limit."
         )
+    split_warnings = check_splits(config, split_table(labels, label_of, split_of), own_splits)
+    for warning in split_warnings:
+        _log(f"warning: {warning}")
 
     vocab = Vocabulary.from_counts(token_counts, config.preprocess.vocab.min_count, config.preprocess.vocab.max_size)
     limits = _limits(config, split_stats["train"].sentences, split_stats["train"].words)
@@ -522,6 +667,7 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
         "labels": labels,
         "class_balance": {name: dict(sorted(split_stats[name].labels.items())) for name in SPLITS},
         "split_source": split_source,
+        "warnings": split_warnings,
         "limits": limits,
         "vocabulary": {"size": len(vocab), "min_count": config.preprocess.vocab.min_count,
                        "max_size": config.preprocess.vocab.max_size, "training_types": training_types},
@@ -531,6 +677,8 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
         "files_read": read_report.files_read,
         "blank_lines": read_report.blank_lines,
         "documents_with_decode_errors": read_report.documents_with_decode_errors,
+        "split_values": dict(sorted(read_report.split_values.items())),
+        "dropped": dict(dropped),  # by preprocess.drop_header / drop_lines, before sentence splitting
         "quarantine": counts["by_reason"],
         "splits": {name: split_stats[name].summary() for name in SPLITS},
     }
@@ -549,6 +697,7 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
         "stage_version": STAGE_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "counts": counts,
+        "warnings": split_warnings,
         "config_hash": config.section_hash("name", "seed", "data", "preprocess"),
         "fingerprint": fingerprint,
         "inputs": inputs,
@@ -567,6 +716,7 @@ def _track(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any], cach
     with stage_run(config, "preprocess", {"han.cached": str(cached).lower()}, started=started):
         counts = manifest["counts"]
         metrics = {f"counts.{k}": float(v) for k, v in counts.items() if isinstance(v, int)}
+        metrics["warnings"] = float(len(manifest.get("warnings", [])))
         metrics.update({f"quarantine.{k}": float(v) for k, v in counts.get("by_reason", {}).items()})
         stats_path = out_dir / "stats.json"
         if stats_path.is_file():

@@ -45,6 +45,7 @@ from pipeline.artifacts import (
     outputs_intact,
     read_json,
     read_manifest,
+    replacing_file,
     write_json,
 )
 from pipeline.config import ModelConfig, PipelineConfig, TrainConfig
@@ -188,12 +189,15 @@ class Checkpoints:
         folder = self.directory / name
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        _write_npz(folder / "state.npz", current)
-        _write_npz(folder / "best.npz", best.items())
-        tmp = self.directory / f"state.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({**state, "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
-                                   "checkpoint": name}, indent=1))
-        os.replace(tmp, self.directory / "state.json")
+        try:
+            _write_npz(folder / "state.npz", current)
+            _write_npz(folder / "best.npz", best.items())
+            with replacing_file(self.directory / "state.json") as handle:
+                handle.write(json.dumps({**state, "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
+                                         "checkpoint": name}, indent=1))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # a full disk: the checkpoint state.json names stays whole
+            raise
         for old in self.directory.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -293,9 +297,10 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     from pipeline.shards import TrainingStream, training_dataset
     from pipeline.tracking import log_datasets, stage_run
 
-    settings = config.train
+    resolved = resolved_config(config, prep_dir)  # every auto setting chosen from the preprocessed corpus
+    settings = resolved.train
     started = time.perf_counter()
-    apply_runtime(config.runtime)
+    apply_runtime(resolved.runtime)
     # The strategy first: MultiWorkerMirroredStrategy must exist before any other TensorFlow work.
     try:
         distribution = distribute.setup(settings.distribute)
@@ -337,10 +342,11 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                               replicas=replicas, workers=workers, worker=worker, max_steps=settings.max_steps_per_epoch)
 
     steps_per_epoch = stream(0).steps
+    model_config = resolved.model
     with distribution.scope():
-        model = build_han(training_model_config(config.model), vocab_size=len(vocab_tokens), num_classes=len(labels),
+        model = build_han(training_model_config(model_config), vocab_size=len(vocab_tokens), num_classes=len(labels),
                           embedding_matrix=embedding_matrix)
-        trainer = compile_han(model, config.model,
+        trainer = compile_han(model, model_config,
                               optimizer=build_optimizer(settings.model_copy(update={"learning_rate": rate}), steps_per_epoch))
         trainer.optimizer.build(trainer.trainable_variables)
         distribute.prepare_trainer(trainer, distribution)
@@ -392,7 +398,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                                "data.validation_documents": len(validation), "model.parameters": model.count_params(),
                                "distribute.kind": distribution.kind, "distribute.replicas": replicas,
                                "distribute.workers": distribution.workers, "train.global_batch_size": global_batch,
-                               "train.effective_learning_rate": rate})
+                               "train.effective_learning_rate": rate,
+                               **{f"resolved.{key}": value for key, value in automatic_settings(config, resolved).items()}})
             if word2vec is not None:
                 _log_word2vec(word2vec, vocab_tokens)
         _log(f"{train.documents:,} training / {len(validation):,} validation documents, {len(labels)} classes, "
@@ -460,7 +467,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                  "the chief writes the outputs and logs to MLflow")
             return TrainResult(out_dir, {}, skipped=False, chief=False)
         # A sweep trial saves no model: no need to rebuild it with the configured length groups.
-        saved = model if trial is not None else saved_model(model, config.model, len(vocab_tokens), len(labels))
+        saved = model if trial is not None else saved_model(model, model_config, len(vocab_tokens), len(labels))
         result = _write_outputs(config, key, prep_dir, out_dir, saved, labels, state, monitor, run, steps_per_epoch,
                                 log_model=trial is None)
     checkpoints.clear()
@@ -470,8 +477,37 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     return result
 
 
+def resolved_config(config: PipelineConfig, prep_dir: Path) -> PipelineConfig:
+    """``config`` with every ``auto`` chosen from the preprocessed corpus in ``prep_dir`` (``PipelineConfig.resolved``:
+    the training split's size and sentence lengths, the vocabulary's size); says what it chose."""
+    stats = read_json(prep_dir / "stats.json")
+    resolved = config.resolved(stats)
+    chosen = automatic_settings(config, resolved)
+    if chosen:
+        _log(f"auto settings for {stats['documents']['train']:,} training documents and a vocabulary of "
+             f"{stats['vocabulary']['size']:,} (README: Speed on a CPU): "
+             + ", ".join(f"{key} {value}" for key, value in chosen.items()))
+    return resolved
+
+
+def automatic_settings(config: PipelineConfig, resolved: PipelineConfig) -> dict[str, Any]:
+    """``{dotted key: value}`` of the settings that are ``auto`` in ``config``, as ``resolved`` chose them."""
+    keys = (("model", "word_buckets"), ("model", "train_word_buckets"), ("model", "embedding_dropout"),
+            ("train", "optimizer"), ("runtime", "intra_op_threads"))
+    chosen = {}
+    for section, key in keys:
+        if getattr(getattr(config, section), key) == "auto":
+            value = getattr(getattr(resolved, section), key)
+            if key == "train_word_buckets":
+                value = training_model_config(resolved.model).word_buckets
+            chosen[f"{section}.{key}"] = "default" if value is None else value
+    return chosen
+
+
 def training_model_config(model: ModelConfig) -> ModelConfig:
     """The model settings to train with: ``model.train_word_buckets`` length groups where it is set."""
+    if "auto" in (model.word_buckets, model.train_word_buckets):
+        model = model.resolved()
     if model.train_word_buckets is None or model.train_word_buckets == model.word_buckets:
         return model
     return model.model_copy(update={"word_buckets": model.train_word_buckets})
@@ -485,6 +521,8 @@ def saved_model(trained, model: ModelConfig, vocab_size: int, num_classes: int):
     """
     from pipeline.model import build_han
 
+    if "auto" in (model.word_buckets, model.train_word_buckets):
+        model = model.resolved()
     if training_model_config(model) is model:
         return trained
     saved = build_han(model, vocab_size=vocab_size, num_classes=num_classes)
@@ -689,17 +727,23 @@ def ensure_tracked(config: PipelineConfig, out_dir: Path, manifest: dict[str, An
 
     The manifest names the run and version that logged these outputs, in whatever store was in use
     then. When the store in use now lacks them (a new ``mlflow.db``, another ``MLFLOW_TRACKING_URI``,
-    a tracking server), the model on disk is logged and registered there, without training again,
-    and the manifest is updated to point at it. Returns the manifest and a line saying what was
-    done (None when the store already had them).
+    a tracking server), or its version was registered without the hashes of its files (before they
+    were recorded: loaders refuse it), the model on disk is logged and registered there, without
+    training again, and the manifest is updated to point at it. Returns the manifest and a line
+    saying what was done (None when the store already had them).
     """
-    from pipeline.registry import registered_here
+    from pipeline.registry import ARTIFACT_SHA256_TAG, registered_here
     from pipeline.tracking import connect, tracking_uri
 
     mlflow = connect()
     tracked = manifest.get("mlflow") or {}
     name = config.tracking.registered_model
     found = registered_here(mlflow.MlflowClient(), tracked, name, manifest["fingerprint"])
+    if found is not None and not (found.tags or {}).get(ARTIFACT_SHA256_TAG):
+        updated = _log_existing(config, out_dir, manifest)
+        return updated, (f"{name} version {found.version} of these outputs was registered without the hashes of its "
+                         f"files, which loaders check: registered the model on disk again as version "
+                         f"{updated['mlflow']['registered_version']} (run {updated['mlflow']['run_id']}), not retrained")
     if found is not None and found.run_id == tracked.get("run_id"):
         return manifest, None
     before = (f"{tracked.get('registered_model')} version {tracked.get('registered_version')}"

@@ -17,7 +17,7 @@ import yaml
 
 from pipeline.__main__ import main
 from pipeline.config import PROJECT_ROOT, load_config
-from pipeline.data.inspect import CPU_SETTINGS, InspectError, inspect_data
+from pipeline.data.inspect import InspectError, inspect_data
 from pipeline.stages import preprocess
 
 TOPICS = {
@@ -69,7 +69,7 @@ def test_csv_config_loads_names_the_fields_and_preprocess_runs_on_it(tmp_path, c
     assert "empty_text 1" in printed  # what preprocess will quarantine, seen already in the sample
 
     written = yaml.safe_load(out.read_text())
-    assert set(written) == {"name", "data", "model", "train", "runtime"}  # nothing else differs from default.yaml
+    assert set(written) == {"name", "data"}  # nothing else differs from default.yaml (its CPU settings: auto)
     config = load_config(out)
     assert config.name == "news"
     assert (config.data.format, config.data.path) == ("csv", str(data))
@@ -192,10 +192,17 @@ def test_only_the_first_records_are_read(tmp_path):
     assert sum(found.labels.values()) == 2000
 
 
-def test_cpu_settings_are_those_of_bbc_yaml():
+def test_the_default_cpu_settings_choose_those_of_bbc_yaml_for_a_corpus_like_bbc():
+    # A written config leaves the CPU settings to the defaults' auto: on BBC's preprocessed statistics they come
+    # out as configs/bbc.yaml sets them (train.optimizer: lazy_adam from a 20,000-word vocabulary, BBC has 17,372).
     bbc = load_config(PROJECT_ROOT / "configs" / "bbc.yaml")
-    for section, key, value, _ in CPU_SETTINGS:
-        assert getattr(getattr(bbc, section), key) == value, f"{section}.{key}"
+    stats = {"documents": {"train": 1558}, "vocabulary": {"size": 17_372}, "limits": {"max_words": 38},
+             "splits": {"train": {"words_per_sentence": {"mean": 22.2}}}}
+    chosen = load_config().resolved(stats)
+    for section, key in (("model", "word_buckets"), ("model", "train_word_buckets"), ("model", "embedding_dropout"),
+                         ("runtime", "intra_op_threads"), ("runtime", "malloc_arenas"), ("runtime", "malloc_trim_steps")):
+        assert getattr(getattr(chosen, section), key) == getattr(getattr(bbc, section), key), f"{section}.{key}"
+    assert chosen.train.optimizer == "adam" and load_config().resolved({**stats, "vocabulary": {"size": 39_041}}).train.optimizer == "lazy_adam"
 
 
 def test_help_and_make_target(capsys):

@@ -371,6 +371,83 @@ def test_a_model_file_with_code_in_it_is_refused(tmp_path):
         load_han(path)
 
 
+# ----------------------------------------------------------------------------- corpora as shipped (issue #32)
+
+
+def split_rows(path: Path, splits: list[str]) -> Path:
+    """The good documents with a ``split`` field, one value each (cycled)."""
+    return jsonl(path, [{**row, "split": splits[i % len(splits)]} for i, row in enumerate(GOOD)])
+
+
+@pytest.mark.bad_input("B73")
+def test_a_split_value_that_names_no_split(env, capsys):
+    data = jsonl(env / "b73.jsonl", [{**row, "split": "train"} for row in GOOD],
+                 [json.dumps({"id": "h", "text": "Apple story. Kept aside.", "label": "a", "split": "holdout"})])
+    code, out = preprocess(capsys, "b73", data, "jsonl", "data.split_field=split")
+    assert code == 0, out
+    (line,) = quarantined(env, "b73", len(GOOD) + 1, len(GOOD))
+    assert line["reason"] == "unparsable" and "'holdout', not a split value" in line["detail"]
+    assert "add it to data.split_values" in line["detail"]
+
+
+@pytest.mark.bad_input("B74")
+def test_an_own_split_without_training_documents(env, capsys):
+    data = split_rows(env / "b74.jsonl", ["dev", "test"])
+    code, out = preprocess(capsys, "b74", data, "jsonl", "data.split_field=split")
+    assert code == 2
+    assert "the training split is empty: data.split_field 'split' decides the split" in out
+    assert "'dev' = validation, 'test' = test" in out and "data.split_values.train" in out
+    assert "lower preprocess.split" not in out  # the fractions are not what to change here
+
+
+@pytest.mark.bad_input("B75")
+def test_a_path_per_split_that_does_not_exist(env, capsys):
+    train = jsonl(env / "b75-train.jsonl", GOOD)
+    code, out = preprocess(capsys, "b75", f"{{train: {train}, test: {env / 'b75-tset.jsonl'}}}", "jsonl")
+    assert code == 2
+    assert f"data.path.test '{env / 'b75-tset.jsonl'}' resolves to" in out and "does not exist" in out
+
+
+@pytest.mark.bad_input("B76")
+def test_a_path_per_split_under_a_name_that_is_no_split(env, capsys):
+    code, out = preprocess(capsys, "b76", "{train: a.jsonl, dev: b.jsonl}", "jsonl")
+    assert code == 2
+    assert "data.path: 'dev' is not a split" in out and "a dev set is validation" in out
+
+
+@pytest.mark.bad_input("B77")
+def test_readme_and_license_beside_documents_without_an_extension(env, capsys):
+    folder = env / "b77"
+    for row in GOOD:
+        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
+        (folder / row["label"] / row["id"]).write_text(row["text"], encoding="utf-8")  # no extension, as 20 Newsgroups
+    (folder / "a" / "README").write_text("What these files are.")
+    (folder / "b" / "LICENSE").write_text("Terms of use.")
+    code, out = preprocess(capsys, "b77", folder, "folder")
+    assert code == 0, out
+    assert quarantined(env, "b77", len(GOOD), len(GOOD)) == []
+    skipped = json.loads((env / "artifacts" / "b77" / "preprocess" / "skipped_files.json").read_text())
+    assert sorted(skipped) == ["a/README", "b/LICENSE"]
+
+
+@pytest.mark.bad_input("B78")
+def test_a_drop_lines_pattern_that_is_no_regular_expression(env, capsys):
+    data = jsonl(env / "b78.jsonl", GOOD)
+    code, out = preprocess(capsys, "b78", data, "jsonl", "preprocess.drop_lines=['^>', '(unclosed']")
+    assert code == 2
+    assert "preprocess.drop_lines: item 1 ('(unclosed') is not a regular expression" in out
+
+
+@pytest.mark.bad_input("B79")
+def test_a_document_that_is_only_a_mail_header(env, capsys):
+    posts = [{**row, "text": f"From: someone@example.com\nSubject: post {row['id']}\n\n{row['text']}"} for row in GOOD]
+    data = jsonl(env / "b79.jsonl", posts, [json.dumps({"id": "h", "text": "From: x@y.z\nSubject: (empty)", "label": "a"})])
+    code, out = preprocess(capsys, "b79", data, "jsonl", "preprocess.drop_header=true")
+    assert code == 0, out
+    (line,) = quarantined(env, "b79", len(GOOD) + 1, len(GOOD))
+    assert line["reason"] == "no_tokens" and "drop_header / drop_lines dropped 2 of its lines" in line["detail"]
+
+
 # ----------------------------------------------------------------------------- the table itself
 
 
