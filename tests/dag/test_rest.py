@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,14 +17,9 @@ import pytest
 
 from pipeline.config import PROJECT_ROOT, load_config
 from tests.dag.conftest import NAME
+from tests.servers import free_port, server_process
 
 MAX_TEXTS, MAX_CHARACTERS, MAX_BYTES = 5, 200_000, 2_000_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
@@ -40,33 +34,14 @@ def _post(url: str, body: bytes, content_type: str = "application/json") -> tupl
 @pytest.fixture(scope="module")
 def server(retrained):
     workspace = retrained[0]
-    port = _free_port()
+    port = free_port()
     overrides = [f"serve.port={port}", f"serve.max_texts={MAX_TEXTS}", f"serve.max_characters={MAX_CHARACTERS}",
                  f"serve.max_request_bytes={MAX_BYTES}"]
     command = [sys.executable, "-m", "pipeline", "serve", *[a for o in overrides for a in ("--set", o)]]
-    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **workspace.env}, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the server did not come up: {process.stdout.read()[-3000:]}")
-            time.sleep(0.5)
+    with server_process(command, ready_url=f"{url}/ping", describe=lambda p: p.stdout.read(), cwd=PROJECT_ROOT,
+                        env={**os.environ, **workspace.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True):
         yield url, workspace
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _texts(workspace, count: int = 3) -> list[str]:

@@ -23,17 +23,6 @@ GOOD = [{"id": f"{label}{i}", "text": f"{word} story number {i}. The {word.lower
          "label": label} for label, word in (("a", "Apple"), ("b", "Boat")) for i in range(12)]
 
 
-@pytest.fixture
-def env(tmp_path_factory, monkeypatch):
-    """One artifacts folder and MLflow store for the module (each test uses its own pipeline name)."""
-    root = tmp_path_factory.getbasetemp() / "bad-inputs"
-    root.mkdir(exist_ok=True)
-    monkeypatch.setenv("HAN_ARTIFACTS_DIR", str(root / "artifacts"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.delenv("HAN_DATA_DIR", raising=False)
-    return root
-
-
 def cli(capsys, *argv: str) -> tuple[int, str]:
     code = main(list(argv))
     captured = capsys.readouterr()

@@ -48,17 +48,6 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - started, "rss_g
 """
 
 
-@pytest.fixture
-def env(tmp_path_factory, monkeypatch):
-    """One artifacts folder and MLflow store for the module (each test uses its own pipeline name)."""
-    root = tmp_path_factory.getbasetemp() / "bad-inputs-2"
-    root.mkdir(exist_ok=True)
-    monkeypatch.setenv("HAN_ARTIFACTS_DIR", str(root / "artifacts"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.delenv("HAN_DATA_DIR", raising=False)
-    return root
-
-
 def settings(name: str, data: Path, fmt: str, *overrides: str) -> list[str]:
     return set_args([f"name={name}", f"data.format={fmt}", f"data.path={data}", "preprocess.max_quarantine_fraction=0.5",
                      "preprocess.vocab.min_count=1", *overrides])

@@ -21,17 +21,6 @@ from tests.stages.conftest import set_args
 WORDS = {"a": "Apple", "b": "Boat", "c": "Cars"}
 
 
-@pytest.fixture
-def env(tmp_path_factory, monkeypatch):
-    """One artifacts folder and MLflow store for the module (each test uses its own pipeline name)."""
-    root = tmp_path_factory.getbasetemp() / "bad-splits"
-    root.mkdir(exist_ok=True)
-    monkeypatch.setenv("HAN_ARTIFACTS_DIR", str(root / "artifacts"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    monkeypatch.delenv("HAN_DATA_DIR", raising=False)
-    return root
-
-
 def table(path: Path, counts: dict[str, dict[str, int]], empty: dict[str, dict[str, int]] | None = None) -> Path:
     """A CSV with ``counts[label][split]`` documents (split "" = none: no split column); ``empty``: rows whose
     text has no word (quarantined ``no_tokens`` after tokenization)."""

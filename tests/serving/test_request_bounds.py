@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +25,13 @@ from mlflow.exceptions import MlflowException
 from pipeline.config import PROJECT_ROOT
 from pipeline.registry import verified_model
 from pipeline.serving import READ_CHARACTERS_PER_WORD, REQUEST_DEADLINE, DeadlineExceeded
+from tests.servers import free_port, server_process
 from tests.stages.conftest import set_args
 
 TIMEOUT_SECONDS = 8
 ENDLESS = "a. " * 3_333_333  # 10 MB, one "sentence"
 # 1,000 texts of 10,000 characters (the request limits): about a minute of reading on one core.
 SLOW_REQUEST = {"inputs": {"text": ["a. " * 3_333] * 1000}}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, payload: dict) -> tuple[int, str, float]:
@@ -55,29 +48,13 @@ def _post(url: str, payload: dict) -> tuple[int, str, float]:
 @pytest.fixture(scope="module")
 def server(registered):
     workspace = registered.workspace
-    port = _free_port()
+    port = free_port()
     overrides = [*workspace.overrides, f"serve.port={port}", f"serve.timeout_seconds={TIMEOUT_SECONDS}"]
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", *set_args(overrides)], cwd=PROJECT_ROOT,
-                               env={**os.environ, **workspace.env}, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the server did not come up: {process.stdout.read()[-3000:]}")
-            time.sleep(0.5)
+    with server_process([sys.executable, "-m", "pipeline", "serve", *set_args(overrides)], ready_url=f"{url}/ping",
+                        describe=lambda p: p.stdout.read(), cwd=PROJECT_ROOT, env={**os.environ, **workspace.env},
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
         yield url, psutil.Process(process.pid)  # `serve` replaces itself with the server (execve): the same process
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def _cpu_seconds(process: psutil.Process) -> float:

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from pipeline.__main__ import main
+from tests.servers import free_port, server_process
 from tests.stages.conftest import make_workspace, set_args
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -37,12 +33,6 @@ TINY = ["data.demo.num_documents=200", "model.embedding.dim=16", "model.word_uni
 GENAI_ONLY = ("Judges", "Evaluation runs", "Sessions", "Playground")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """The tiny pipeline's store behind ``mlflow ui`` on a loopback port (as ``make ui`` starts it)."""
@@ -51,31 +41,14 @@ def ui(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         workspace.activate(patch)
         assert main(["run", *set_args(workspace.overrides)]) == 0
-    port = _free_port()
+    port = free_port()
     command = [str(Path(sys.executable).parent / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port),
                "--backend-store-uri", workspace.env["MLFLOW_TRACKING_URI"], "--workers", "1"]
-    log = open(root / "mlflow-ui.log", "w")  # noqa: SIM115 - closed after the server
-    server = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow ui did not come up: {(root / 'mlflow-ui.log').read_text()[-3000:]}")
-                time.sleep(1)
+    with open(root / "mlflow-ui.log", "w") as log, server_process(
+            command, ready_url=f"{base}/health", describe=lambda _: (root / "mlflow-ui.log").read_text(), cwd=root,
+            stdout=log, stderr=subprocess.STDOUT):
         yield root, workspace, base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def browse(root: Path, url: str, screenshot: str) -> str:
