@@ -163,7 +163,7 @@ class _DecodedLines:
     so that a reader can say where a record starts and what its decoding cost.
     """
 
-    def __init__(self, binary: Any, file: Path, config: DataConfig):
+    def __init__(self, binary: Any, file: Path, config: DataConfig, max_line_bytes: int | None = None):
         try:
             line_safe = b"\n".decode(config.encoding) == "\n"
         except UnicodeDecodeError:
@@ -175,14 +175,32 @@ class _DecodedLines:
             )
         self._binary = binary
         self._config = config
+        self._max_line_bytes = max_line_bytes
         self.line_no = 0
         self.invalid_bytes = 0
+        self.overlong: int | None = None  # the byte length of the last line when it passed max_line_bytes (not read)
 
     def __iter__(self) -> _DecodedLines:
         return self
 
     def __next__(self) -> str:
-        raw = next(self._binary)
+        self.overlong = None
+        if self._max_line_bytes is None:
+            raw = next(self._binary)
+        else:
+            raw = self._binary.readline(self._max_line_bytes + 1)
+            if not raw:
+                raise StopIteration
+            if len(raw) > self._max_line_bytes and not raw.endswith(b"\n"):
+                # Skip the rest of the line in bounded chunks: a 1 GB line costs no more memory than a short one.
+                size = len(raw)
+                while chunk := self._binary.readline(1 << 20):
+                    size += len(chunk)
+                    if chunk.endswith(b"\n"):
+                        break
+                self.line_no += 1
+                self.overlong = size
+                return ""
         self.line_no += 1
         text, invalid = _decode(raw, self._config.encoding, self._config.encoding_fallback)
         self.invalid_bytes += invalid
@@ -742,14 +760,27 @@ def _csv_error(source: str, error: csv.Error, first_line: int, last_line: int, c
     return Rejected(source, UNPARSABLE, f"{lines}: malformed CSV ({error})")
 
 
+def jsonl_line_limit(max_chars: int) -> int:
+    """The most bytes one JSONL line may take: ``max_chars`` characters as ``\\uXXXX`` escapes (6 bytes
+    each, the longest JSON writes a character) plus 64 KiB for the other fields."""
+    return max_chars * 6 + (1 << 16)
+
+
 def _read_jsonl(file: Path, config: DataConfig, report: ReadReport, whole: bool) -> Iterator[Any]:
+    limit = jsonl_line_limit(config.max_chars)
     with file.open("rb") as binary:
-        lines = _DecodedLines(binary, file, config)
+        lines = _DecodedLines(binary, file, config, max_line_bytes=limit)
         invalid_before = 0
         for line in lines:
             invalid = lines.invalid_bytes - invalid_before
             invalid_before = lines.invalid_bytes
             report.decode_error_bytes += invalid
+            if lines.overlong is not None:
+                yield Rejected(f"{file}:line {lines.line_no}", TOO_LARGE,
+                               f"line {lines.line_no}: {lines.overlong:,} bytes, more than a record of at most "
+                               f"data.max_chars ({config.max_chars:,}) characters can take ({limit:,} bytes); "
+                               "not read. Raise data.max_chars if documents are this long")
+                continue
             if not line.strip():
                 report.blank_lines += 1
                 continue

@@ -437,6 +437,29 @@ def test_a_document_that_is_only_a_mail_header(env, capsys):
     assert line["reason"] == "no_tokens" and "drop_header / drop_lines dropped 2 of its lines" in line["detail"]
 
 
+@pytest.mark.bad_input("B80")
+def test_a_jsonl_line_longer_than_any_record_may_be_is_skipped_unread(env, capsys, monkeypatch):
+    from pipeline.data import readers
+
+    limit = readers.jsonl_line_limit(2000)
+    huge = json.dumps({"id": "huge", "text": "word " * (limit // 2), "label": "a"})  # ~2.5x the limit, one line
+    data = jsonl(env / "b80.jsonl", GOOD[:12], [huge, *map(json.dumps, GOOD[12:])])
+    reads: list[int] = []
+    real_init = readers._DecodedLines.__init__
+
+    def spying_init(self, binary, *args, **kwargs):
+        real_readline = binary.readline
+        binary.readline = lambda size=-1: reads.append(size) or real_readline(size)  # noqa: B023
+        real_init(self, binary, *args, **kwargs)
+
+    monkeypatch.setattr(readers._DecodedLines, "__init__", spying_init)
+    code, out = preprocess(capsys, "b80", data, "jsonl", "data.max_chars=2000")
+    assert code == 0, out
+    (line,) = quarantined(env, "b80", len(GOOD) + 1, len(GOOD))  # the lines after it are read
+    assert line["reason"] == "too_large" and "more than a record of at most data.max_chars (2,000)" in line["detail"]
+    assert reads and max(reads) <= max(limit + 1, 1 << 20)  # never one read of the whole line
+
+
 # ----------------------------------------------------------------------------- the table itself
 
 
