@@ -276,7 +276,7 @@ class ModelConfig(_Strict):
         description="length groups while training; null = word_buckets; auto: from the training split's size. The "
         "saved model (evaluate, explain, serving) keeps word_buckets: the weights are the same, only the graph differs. "
         "Fewer groups trace a smaller training graph with fewer loops alive at once: a lower peak RSS for somewhat "
-        "slower training (README: Speed on a CPU, Memory)",
+        "slower training (docs/speed-on-a-cpu.md)",
     )
     word_bucket_sentences: int = Field(
         64, ge=1, le=65_536, description="fewest sentences worth a group of their own: a batch of n sentences uses "
@@ -292,7 +292,7 @@ class ModelConfig(_Strict):
         description="how `dropout` masks the word vectors in training. element: every feature of every word occurrence "
         "on its own (Keras' Dropout). word_type: one mask per distinct word in a group of sentences, shared by all its "
         "occurrences there; each distinct word is then embedded and multiplied by the word BiGRU's input kernels once "
-        "per group in training as at inference (README: Speed on a CPU). auto: word_type on a corpus with length "
+        "per group in training as at inference (docs/speed-on-a-cpu.md). auto: word_type on a corpus with length "
         "groups (see resolved), element on a small one",
     )
     multilabel: bool = False
@@ -315,7 +315,7 @@ class ModelConfig(_Strict):
         ``words_filled`` >= ``AUTO_GROUPS_MIN_PADDING`` of the words limit on average (little
         padding to save); else ``AUTO_GROUPS``. ``train_word_buckets: auto`` is 2 below
         ``AUTO_TRAIN_GROUPS_MIN_DOCUMENTS`` documents, else 4 (at most ``word_buckets``): the
-        choices measured on BBC and IMDB (README: Speed on a CPU). ``embedding_dropout: auto`` is
+        choices measured on BBC and IMDB (docs/speed-on-a-cpu.md). ``embedding_dropout: auto`` is
         ``word_type`` from ``AUTO_GROUPS_MIN_DOCUMENTS`` documents (faster steps), else ``element``
         (the demo corpus and the tests' small corpora keep Keras' dropout). Without
         ``train_documents`` (a model built outside the train stage) ``auto`` is the small-corpus choice.
@@ -336,7 +336,7 @@ class ModelConfig(_Strict):
                                        "embedding_dropout": dropout})
 
 
-# What model.word_buckets / train_word_buckets: auto resolve to (ModelConfig.resolved; README: Speed on a CPU).
+# What model.word_buckets / train_word_buckets: auto resolve to (ModelConfig.resolved; docs/speed-on-a-cpu.md).
 AUTO_GROUPS = 8
 AUTO_GROUPS_MIN_DOCUMENTS = 1_000
 AUTO_GROUPS_MIN_PADDING = 0.8
@@ -351,7 +351,7 @@ class EarlyStoppingConfig(_Strict):
 
 
 class DistributeConfig(_Strict):
-    """Data-parallel training with ``tf.distribute`` (README "Training on several machines")."""
+    """Data-parallel training with ``tf.distribute`` (docs/distributed-training.md)."""
 
     strategy: Literal["none", "mirrored", "multi_worker"] = Field(
         "none",
@@ -508,13 +508,13 @@ class RuntimeConfig(_Strict):
     malloc_arenas: int | None = Field(
         2, ge=1, le=1024,
         description="glibc malloc arenas (M_ARENA_MAX) for the whole process; null = glibc's default (8 per core). 2: "
-        "less freed memory kept in arenas of TensorFlow's threads' own at the same speed; 1 was slower (README: Speed "
-        "on a CPU, Memory); ignored off glibc",
+        "less freed memory kept in arenas of TensorFlow's threads' own at the same speed; 1 was slower "
+        "(docs/speed-on-a-cpu.md); ignored off glibc",
     )
     malloc_trim_steps: int | None = Field(
         25, ge=1, le=1_000_000,
         description="hand the memory freed in the process back to the system every N training steps (glibc "
-        "malloc_trim); null = never. 25: ~0.1 GB less resident on IMDB for 15 ms per call (README: Memory); "
+        "malloc_trim); null = never. 25: ~0.1 GB less resident on IMDB for 15 ms per call (docs/benchmarks.md: Memory); "
         "ignored off glibc",
     )
 
@@ -593,7 +593,7 @@ class PipelineConfig(_Strict):
 
     # ----------------------------------------------------------------- derived values
     def resolved(self, stats: dict[str, Any] | None = None) -> PipelineConfig:
-        """This config with every ``auto`` replaced by what suits the corpus (README: Speed on a CPU).
+        """This config with every ``auto`` replaced by what suits the corpus (docs/speed-on-a-cpu.md).
 
         ``stats``: the preprocess stage's ``stats.json``; by default read from this pipeline's
         preprocess folder, and without one (not preprocessed yet) ``auto`` is the small-corpus choice.

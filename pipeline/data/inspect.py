@@ -424,7 +424,7 @@ def config_text(found: Inspection, name: str, data_path: str, config_path: str |
         f"# {found.path.name}: written by `python -m pipeline init-config` from {_sampled(found)}.",
         f"# Check it, then: make pipeline CONFIG={config_path or f'configs/{name}.yaml'}",
         "# Only what differs from configs/default.yaml (every key, with its default) is here; its CPU settings",
-        "# (length groups, threads, dropout masks, optimizer) are `auto`: chosen from the data (README: Speed on a CPU).",
+        "# (length groups, threads, dropout masks, optimizer) are `auto`: chosen from the data (docs/speed-on-a-cpu.md).",
     ]
     body: list[tuple[str, str]] = [
         (f"name: {_scalar(name)}", "outputs go to $HAN_ARTIFACTS_DIR/<name>/<stage>/"),

@@ -485,7 +485,7 @@ def resolved_config(config: PipelineConfig, prep_dir: Path) -> PipelineConfig:
     chosen = automatic_settings(config, resolved)
     if chosen:
         _log(f"auto settings for {stats['documents']['train']:,} training documents and a vocabulary of "
-             f"{stats['vocabulary']['size']:,} (README: Speed on a CPU): "
+             f"{stats['vocabulary']['size']:,} (docs/speed-on-a-cpu.md): "
              + ", ".join(f"{key} {value}" for key, value in chosen.items()))
     return resolved
 
