@@ -151,9 +151,8 @@ def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list
     from pipeline.metrics import classification_metrics
     from pipeline.registry import ModelIntegrityError, verified_model
 
-    rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]
     # Blank lines are paragraph breaks: each stored sentence stays one sentence when re-read.
-    texts = ["\n\n".join(row["sentences"]) for row in rows]
+    _, texts = document_texts(prep_dir, "test")
     uri = f"models:/{config.tracking.registered_model}/{version.version}"
     started = time.perf_counter()
     try:
