@@ -91,6 +91,14 @@ class DataConfig(_Strict):
         "left out keeps its default values",
     )
     labels: list[str] | None = None
+    multilabel: bool = Field(
+        False, description="a document may have several labels (or one): the label field holds a list (a JSON/Parquet "
+        "array, or text split at label_delimiter); the model gets one sigmoid output per label (model.multilabel)",
+    )
+    label_delimiter: str | None = Field(
+        None, min_length=1, max_length=10, description="multilabel: the character(s) between labels in a text label "
+        "field (a CSV column 'earn|acq' with '|'); null: a text value is one label",
+    )
     encoding: str = "utf-8"
     encoding_fallback: str | None = "latin-1"
     max_chars: int = Field(
@@ -117,6 +125,12 @@ class DataConfig(_Strict):
             if self.split_field is not None:
                 raise ValueError(f"data.split_field ({self.split_field!r}) and a data.path per split both say which "
                                  "split a document is in: keep one")
+        if self.label_delimiter is not None and not self.multilabel:
+            raise ValueError(f"data.label_delimiter ({self.label_delimiter!r}) splits a label field into several labels: "
+                             "set data.multilabel: true too, or remove it")
+        if self.multilabel and self.format == "folder":
+            raise ValueError("data.multilabel: a folder corpus has one label per document (its folder); give multi-label "
+                             "data as jsonl/parquet with a list in data.label_field, or csv with data.label_delimiter")
         if self.file_pattern is not None and self.format != "folder":
             raise ValueError(f"data.file_pattern applies to data.format folder; {self.format} files are chosen by suffix")
         return self
@@ -295,7 +309,9 @@ class ModelConfig(_Strict):
         "per group in training as at inference (docs/speed-on-a-cpu.md). auto: word_type on a corpus with length "
         "groups (see resolved), element on a small one",
     )
-    multilabel: bool = False
+    multilabel: bool = Field(
+        False, description="one sigmoid output per label, binary cross-entropy: set by data.multilabel (multi-label "
+        "data); true here alone is refused")
 
     @field_validator("word_buckets", "train_word_buckets", mode="before")
     @classmethod
@@ -342,6 +358,9 @@ AUTO_GROUPS_MIN_DOCUMENTS = 1_000
 AUTO_GROUPS_MIN_PADDING = 0.8
 AUTO_TRAIN_GROUPS_MIN_DOCUMENTS = 5_000
 AUTO_LAZY_ADAM_MIN_VOCABULARY = 20_000  # train.optimizer: auto
+# train.thresholds: per_label: a label's own threshold needs this many validation documents with it; fewer
+# fit noise (one document decides it), so such labels take the global threshold.
+THRESHOLD_MIN_POSITIVES = 5
 
 
 class EarlyStoppingConfig(_Strict):
@@ -385,6 +404,11 @@ class TrainConfig(_Strict):
     clipnorm: float | None = Field(5.0, gt=0.0, le=1e6, description="global gradient-norm clipping; null = none")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     class_weights: Literal["none", "balanced"] = "none"
+    thresholds: Literal["per_label", "global"] = Field(
+        "per_label", description="multi-label only: the probability above which a label is predicted, chosen after "
+        "training to maximise F1 on the validation split. per_label: one per label, for labels with at least "
+        "THRESHOLD_MIN_POSITIVES validation documents (the others take the global one); global: one for all labels",
+    )
     bucket_batches: int = Field(
         20, ge=1, le=10_000, description="documents of this many batches are sorted by length together, then batched"
     )
@@ -412,7 +436,9 @@ class GateConfig(_Strict):
 
     min_accuracy: float = Field(0.6, ge=0.0, le=1.0)
     min_macro_f1: float = Field(0.0, ge=0.0, le=1.0)
-    metric: Literal["accuracy", "macro_f1", "micro_f1"] = "macro_f1"
+    metric: Literal["auto", "accuracy", "macro_f1", "micro_f1"] = Field(
+        "auto", description="the metric compared with the champion and the baseline; auto: micro_f1 with "
+        "data.multilabel (every document-label decision pooled), else macro_f1")
     champion_margin: float = Field(
         0.0, ge=0.0, le=1.0, description="δ: the new model must beat the registered champion's metric by this much"
     )
@@ -570,6 +596,21 @@ class PipelineConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _one_label_kind(self) -> PipelineConfig:
+        # The data decides whether documents carry label sets; the model and the gate follow it.
+        if self.model.multilabel and not self.data.multilabel:
+            raise ValueError("model.multilabel: true needs multi-label data: set data.multilabel: true (the label field "
+                             "then holds a list of labels; see data.label_delimiter for CSV), which sets it")
+        self.model.multilabel = self.data.multilabel
+        if self.evaluate.gate.metric == "auto":
+            self.evaluate.gate.metric = "micro_f1" if self.data.multilabel else "macro_f1"
+        if self.data.multilabel:
+            if self.train.class_weights == "balanced":
+                raise ValueError("train.class_weights: balanced weighs each document by its one class; with "
+                                 "data.multilabel documents have several: use none")
+        return self
+
+    @model_validator(mode="after")
     def _positions_within_the_limits(self) -> PipelineConfig:
         # Settings that count a document's words or sentences must fit what truncation leaves of it.
         limits = self.preprocess.limits
@@ -684,12 +725,15 @@ def artifacts_root() -> Path:
 
 
 def expand_env(value: str) -> str:
-    """Expand ``${VAR}``; ``HAN_DATA_DIR`` falls back to the project's ``data/``."""
+    """Expand ``${VAR}``; ``HAN_DATA_DIR`` falls back to the project's ``data/``, ``HAN_ARTIFACTS_DIR`` to its
+    ``artifacts/`` (where recipes such as ``make reuters`` write the data they make)."""
 
     def repl(match: re.Match[str]) -> str:
         var = match.group(1)
         if var == "HAN_DATA_DIR":
             return str(data_root())
+        if var == "HAN_ARTIFACTS_DIR":
+            return str(artifacts_root())
         if var not in os.environ:
             raise ConfigError(f"environment variable ${{{var}}} is used in the config but not set")
         return os.environ[var]
@@ -701,7 +745,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or null in the file (data.path: null, then --set data.path.train=...)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section")
         node = child

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 LOG_LOSS_EPSILON = 1e-12
-SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "log_loss", "ece")
+SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall", "log_loss", "ece",
+                  "micro_precision", "micro_recall", "hamming_loss", "labels_per_document", "predicted_labels_per_document")
 PER_CLASS_METRICS = ("f1", "precision", "recall")
 # MLflow metric names allow alphanumerics, "_", "-", ".", " " and "/" (ASCII only: a regex "\w" would also let
 # accented letters through, which is more than the documented set).
@@ -124,6 +125,138 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels
         "confusion_matrix": confusion_matrix(y, predicted, labels=classes).astype(int).tolist(),
         "documents": len(y),
     }
+
+
+# --------------------------------------------------------------------------- multi-label
+def multilabel_decisions(probabilities: np.ndarray, thresholds: np.ndarray | list[float] | float) -> np.ndarray:
+    """0/1 ``(documents, labels)``: a label is predicted when its probability reaches its threshold; a document
+    with none that does gets its most probable label (every training document has at least one)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    decided = (p >= np.asarray(thresholds, dtype=np.float64)).astype(np.int64)
+    empty = decided.sum(axis=1) == 0
+    if p.shape[1]:
+        decided[np.flatnonzero(empty), p[empty].argmax(axis=1)] = 1
+    return decided
+
+
+def _checked_multilabel(y_true: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or y.shape != p.shape:
+        raise ValueError(f"multi-label targets {y.shape} and probabilities {p.shape} must both be (documents, labels)")
+    if len(y) == 0:
+        raise ValueError("no documents to score")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("multi-label targets must be 0/1")
+    return y, p
+
+
+def multilabel_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str],
+                       thresholds: np.ndarray | list[float] | float = 0.5,
+                       predicted: np.ndarray | None = None) -> dict[str, Any]:
+    """Micro/macro F1, precision and recall, exact-match ``accuracy``, Hamming loss and per-label scores of
+    multi-label predictions (``multilabel_decisions`` at ``thresholds``).
+
+    ``accuracy`` is the share of documents whose predicted label set is exactly the true one, so the gate's
+    ``min_accuracy`` keeps a meaning; micro-F1 (every document-label decision pooled) is the usual headline.
+    ``log_loss``: the mean binary cross-entropy per label. Every label is scored, with ``zero_division=0``.
+    ``predicted``: 0/1 decisions made elsewhere (a champion's own), instead of deciding at ``thresholds``.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y, p = _checked_multilabel(y_true, probabilities)
+    if p.shape[1] != len(labels):
+        raise ValueError(f"{len(labels)} labels but {p.shape[1]} probability columns")
+    predicted = multilabel_decisions(p, thresholds) if predicted is None else np.asarray(predicted, dtype=np.int64)
+
+    def averaged(average: str) -> tuple[float, float, float]:
+        precision, recall, f1, _ = precision_recall_fscore_support(y, predicted, average=average, zero_division=0)
+        return float(precision), float(recall), float(f1)
+
+    micro_precision, micro_recall, micro_f1 = averaged("micro")
+    macro_precision, macro_recall, macro_f1 = averaged("macro")
+    _, _, weighted_f1 = averaged("weighted")
+    precision, recall, f1, support = precision_recall_fscore_support(y, predicted, average=None, zero_division=0)
+    clipped = np.clip(p, LOG_LOSS_EPSILON, 1.0 - LOG_LOSS_EPSILON)
+    per_label_thresholds = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(labels),))
+    return {
+        "accuracy": float((predicted == y).all(axis=1).mean()),
+        "micro_f1": micro_f1,
+        "macro_f1": macro_f1,
+        "weighted_f1": weighted_f1,
+        "micro_precision": micro_precision,
+        "micro_recall": micro_recall,
+        "macro_precision": macro_precision,
+        "macro_recall": macro_recall,
+        "hamming_loss": float((predicted != y).mean()),
+        "log_loss": float(-(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).mean()),
+        "labels_per_document": float(y.sum(axis=1).mean()),
+        "predicted_labels_per_document": float(predicted.sum(axis=1).mean()),
+        "per_class": {
+            label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                    "support": int(support[i]), "threshold": float(per_label_thresholds[i])}
+            for i, label in enumerate(labels)
+        },
+        "documents": len(y),
+        "multilabel": True,
+    }
+
+
+# Candidate thresholds: probabilities from 0.05 to 0.95 in steps of 0.01.
+_THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.01), 2)
+
+
+def _best_threshold(scores: np.ndarray) -> float:
+    """The middle of the grid points where ``scores`` (one per grid point) is highest: ties span a plateau."""
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(_THRESHOLD_GRID[best[len(best) // 2]])
+
+
+def choose_thresholds(y_true: np.ndarray, probabilities: np.ndarray, mode: str = "per_label",
+                      min_positives: int = 5) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-label decision thresholds that maximise F1 on held-out documents (the validation split).
+
+    ``global``: one threshold for every label, the best micro-F1. ``per_label``: each label with at least
+    ``min_positives`` documents gets its own (best F1 of that label); the others keep the global one, since a
+    threshold fitted to one or two documents is noise. Returns the thresholds and what was chosen how.
+    """
+    y, p = _checked_multilabel(y_true, probabilities)
+    true_positive = np.stack([((p >= t) & (y == 1)).sum(axis=0) for t in _THRESHOLD_GRID])  # (grid, labels)
+    predicted = np.stack([(p >= t).sum(axis=0) for t in _THRESHOLD_GRID])
+    positives = y.sum(axis=0)
+    micro = 2 * true_positive.sum(axis=1) / np.maximum(predicted.sum(axis=1) + positives.sum(), 1)
+    overall = _best_threshold(micro)
+    thresholds = np.full(p.shape[1], overall)
+    own = np.flatnonzero(positives >= min_positives) if mode == "per_label" else np.array([], dtype=int)
+    for label in own:
+        f1 = 2 * true_positive[:, label] / np.maximum(predicted[:, label] + positives[label], 1)
+        thresholds[label] = _best_threshold(f1)
+    info = {"mode": mode, "global": overall, "own_thresholds": int(len(own)), "min_positives": min_positives,
+            "validation_documents": int(len(y)), "validation_micro_f1_at_global": float(micro.max())}
+    return thresholds, info
+
+
+def plot_label_f1(metrics: dict[str, Any], path: Path, title: str, baseline: dict[str, Any] | None = None) -> None:
+    """Multi-label: each label's test F1 (bars, most frequent label first) with its support, beside the baseline's."""
+    plt = _pyplot()
+    per = metrics["per_class"]
+    labels = sorted(per, key=lambda label: (-per[label]["support"], label))
+    height = min(max(3.0, 0.22 * len(labels) + 1.5), 40.0)
+    fig, ax = plt.subplots(figsize=(8, height))
+    rows = np.arange(len(labels))
+    width = 0.4 if baseline else 0.8
+    ax.barh(rows, [per[label]["f1"] for label in labels], height=width, label="HAN")
+    if baseline:
+        ax.barh(rows + width, [baseline["per_class"][label]["f1"] for label in labels], height=width,
+                label="TF-IDF + LR baseline", color="tab:gray")
+        ax.legend(loc="lower right")
+    ax.set_yticks(rows + (width / 2 if baseline else 0), [f"{label} ({per[label]['support']})" for label in labels],
+                  fontsize=7 if len(labels) > 30 else 9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1 on the test split (label (test documents with it))")
+    ax.set_title(title)
+    _save(plt, fig, Path(path))
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
@@ -338,10 +471,15 @@ def tfidf_baseline(train_texts: list[str], train_labels: np.ndarray, test_texts:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    y = np.asarray(train_labels).astype(np.int64).reshape(-1)
+    y = np.asarray(train_labels).astype(np.int64)
+    multilabel = y.ndim == 2
+    if not multilabel:
+        y = y.reshape(-1)
     if len(y) != len(train_texts) or len(y) == 0:
         raise ValueError(f"{len(train_texts)} training texts but {len(y)} labels (need at least one)")
-    if y.min() < 0 or y.max() >= num_classes:
+    if multilabel and y.shape[1] != num_classes:
+        raise ValueError(f"multi-label targets have {y.shape[1]} columns, expected {num_classes}")
+    if not multilabel and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"training labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
     started = time.perf_counter()
     reading = {"lowercase": False, "tokenizer": str.split, "token_pattern": None} if pretokenized else {}
@@ -360,6 +498,8 @@ def tfidf_baseline(train_texts: list[str], train_labels: np.ndarray, test_texts:
         used_min_df = 1
         tfidf = vectorizer(1)
         train_matrix = tfidf.fit_transform(train_texts)
+    if multilabel:
+        return _one_vs_rest(tfidf, train_matrix, y, test_texts, C, seed, started, used_min_df)
     present = np.unique(y)
     classifier = None
     if len(present) > 1:
@@ -374,4 +514,31 @@ def tfidf_baseline(train_texts: list[str], train_labels: np.ndarray, test_texts:
         probabilities[:, classifier.classes_] = classifier.predict_proba(test_matrix)
     info = {"fit_seconds": round(fitted - started, 3), "predict_seconds": round(time.perf_counter() - fitted, 3),
             "features": len(tfidf.vocabulary_), "train_documents": len(y), "min_df": used_min_df}
+    return probabilities, info
+
+
+def _one_vs_rest(tfidf, train_matrix, y: np.ndarray, test_texts: list[str], C: float, seed: int, started: float,
+                 min_df: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Multi-label TF-IDF baseline: one binary logistic regression per label (one-vs-rest, as scikit-learn's
+    ``OneVsRestClassifier`` fits it), each label's probability from its own; a label that every or no training
+    document has gets that as a constant."""
+    from sklearn.linear_model import LogisticRegression
+
+    test_matrix = None
+    probabilities = np.zeros((len(test_texts), y.shape[1]), dtype=np.float64)
+    models = []
+    for label in range(y.shape[1]):
+        column = y[:, label]
+        if column.min() == column.max():
+            models.append(float(column[0]))
+            continue
+        classifier = LogisticRegression(C=C, max_iter=2000, random_state=seed, solver="liblinear")
+        models.append(classifier.fit(train_matrix, column))
+    fitted = time.perf_counter()
+    test_matrix = tfidf.transform(test_texts)
+    for label, model in enumerate(models):
+        probabilities[:, label] = model if isinstance(model, float) else model.predict_proba(test_matrix)[:, 1]
+    info = {"fit_seconds": round(fitted - started, 3), "predict_seconds": round(time.perf_counter() - fitted, 3),
+            "features": len(tfidf.vocabulary_), "train_documents": len(y), "min_df": min_df,
+            "one_vs_rest": True, "threshold": 0.5}
     return probabilities, info

@@ -68,8 +68,11 @@ def render(result: dict[str, Any], explain: bool = False, top: int = 3, colour: 
     if colour is None:
         colour = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
     probabilities = sorted(result["probabilities"].items(), key=lambda item: -item[1])
-    lines = [f"label: {result['label']}",
-             "probabilities: " + ", ".join(f"{label} {p:.3f}" for label, p in probabilities)]
+    label = result["label"]
+    shown = probabilities if len(probabilities) <= 10 else probabilities[:10]  # a multi-label model may have 90
+    lines = [f"labels: {', '.join(label)}" if isinstance(label, list) else f"label: {label}",
+             "probabilities: " + ", ".join(f"{name} {p:.3f}" for name, p in shown)
+             + (f" (top 10 of {len(probabilities)})" if len(shown) < len(probabilities) else "")]
     if explain:
         weights = list(result["sentence_weights"])
         order = sorted(range(len(weights)), key=lambda i: -weights[i])[:top]

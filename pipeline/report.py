@@ -6,6 +6,10 @@ One explanation record per document (what the explain stage writes to ``explanat
      "confidence": float, "correct": bool | None, "truncated": bool,
      "sentences": [{"text": str, "weight": float, "words": [[token, weight], ...]}, ...]}
 
+A multi-label model's records hold label lists in ``label`` and ``predicted``, and ``label_evidence``:
+per predicted label, the sentence whose removal lowers that label's probability most (``sentence``,
+0-based, and ``drop``), since attention is shared by all labels.
+
 A sentence's ``text`` is the sentence as written (after the preprocessing's whitespace and markup
 clean-up); ``words`` are the model's tokens (lowercased, split). Sentence weights of a document sum
 to 1, word weights of a sentence sum to 1.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import json
 import struct
 from collections import defaultdict
 from collections.abc import Sequence
@@ -49,7 +54,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:2em}
 .doc.wrong{border-left-color:#d9534f}.doc.unknown{border-left-color:#aaa}
 .head{display:flex;gap:1em;flex-wrap:wrap;align-items:baseline}
 .badge{padding:0 .45em;border-radius:3px;font-size:.8em;color:#fff;background:#5cb85c}
-.wrong .badge{background:#d9534f}.trunc{font-size:.8em;color:#8a6d3b}
+.wrong .badge{background:#d9534f}.trunc{font-size:.8em;color:#8a6d3b}.ev{font-size:.8em;color:#31708f}
 .probs{display:flex;gap:.9em;flex-wrap:wrap;font-size:.8em;color:#555;margin:.2em 0 .5em}
 .probs .top{color:#000;font-weight:600}
 .pb{display:inline-block;width:4em;height:.55em;margin:0 .3em;vertical-align:middle;
@@ -70,12 +75,13 @@ _JS = """
 var $=function(id){return document.getElementById(id);};
 var docs=document.querySelectorAll('section.doc');
 var p=$('f-predicted'),t=$('f-true'),c=$('f-correct'),m=$('f-confidence');
+function has(d,v,x){return d.multi?JSON.parse(v).indexOf(x)>=0:v===x;}
 function apply(){
  var min=parseFloat(m.value),shown=0;
  $('f-confidence-value').textContent=min.toFixed(2);
  for(var i=0;i<docs.length;i++){
   var d=docs[i].dataset;
-  var ok=(p.selectedIndex===0||d.predicted===p.value)&&(t.selectedIndex===0||d.label===t.value)&&
+  var ok=(p.selectedIndex===0||has(d,d.predicted,p.value))&&(t.selectedIndex===0||has(d,d.label,t.value))&&
    (c.selectedIndex===0||d.correct===c.value)&&parseFloat(d.confidence)>=min;
   docs[i].hidden=!ok;if(ok)shown++;
  }
@@ -107,12 +113,20 @@ def _is_word(token: str) -> bool:
     return any(ch.isalnum() for ch in token)
 
 
+def members(value: str | list[str] | None) -> list[str]:
+    """A ``label``/``predicted`` value as a list: a single label, a multi-label set, or none."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 def _class_order(explanations: list[dict[str, Any]], labels: list[str]) -> list[str]:
     """The given labels, then any predicted label they lack (in order of appearance), so nothing is dropped."""
     order = list(labels)
     for explanation in explanations:
-        if explanation["predicted"] not in order:
-            order.append(explanation["predicted"])
+        for label in members(explanation["predicted"]):
+            if label not in order:
+                order.append(label)
     return order
 
 
@@ -124,7 +138,8 @@ def class_summary(explanations: list[dict[str, Any]], labels: list[str], top_n: 
     how often the token occurs; punctuation-only tokens are skipped. ``top_sentences``: the
     highest-weighted sentences with their document id, each distinct text once (boilerplate
     repeated across documents would otherwise fill the list). Sentences of one-sentence documents
-    are left out of it: their weight is 1 by construction, which says nothing about attention.
+    are left out of it: their weight is 1 by construction, which says nothing about attention. A multi-label
+    document counts for each label predicted for it.
     """
     classes = _class_order(explanations, labels)
     mass: dict[str, dict[str, float]] = {label: defaultdict(float) for label in classes}
@@ -132,18 +147,18 @@ def class_summary(explanations: list[dict[str, Any]], labels: list[str], top_n: 
     best: dict[str, dict[str, tuple[float, str]]] = {label: {} for label in classes}
     documents = dict.fromkeys(classes, 0)
     for explanation in explanations:
-        label = explanation["predicted"]
-        documents[label] += 1
-        sentences = explanation["sentences"]
-        for sentence in sentences:
-            weight = float(sentence["weight"])
-            for token, word_weight in sentence["words"]:
-                if _is_word(token):
-                    mass[label][token] += weight * float(word_weight)
-                    count[label][token] += 1
-            seen = best[label].get(sentence["text"])
-            if len(sentences) > 1 and (seen is None or weight > seen[0]):
-                best[label][sentence["text"]] = (weight, str(explanation["id"]))
+        for label in members(explanation["predicted"]):
+            documents[label] += 1
+            sentences = explanation["sentences"]
+            for sentence in sentences:
+                weight = float(sentence["weight"])
+                for token, word_weight in sentence["words"]:
+                    if _is_word(token):
+                        mass[label][token] += weight * float(word_weight)
+                        count[label][token] += 1
+                seen = best[label].get(sentence["text"])
+                if len(sentences) > 1 and (seen is None or weight > seen[0]):
+                    best[label][sentence["text"]] = (weight, str(explanation["id"]))
     summary: dict[str, Any] = {}
     for label in classes:
         words = sorted(mass[label].items(), key=lambda item: (-item[1], item[0]))[:top_n]
@@ -180,9 +195,12 @@ def _head(explanation: dict[str, Any]) -> str:
     correct = explanation.get("correct")
     parts = [f"<b>{_esc(explanation['id'])}</b>"]
     if explanation.get("label") is not None:
-        parts.append(f"<span>true: <b>{_esc(explanation['label'])}</b></span>")
-    parts.append(f"<span>predicted: <b>{_esc(explanation['predicted'])}</b> "
+        parts.append(f"<span>true: <b>{_esc(', '.join(members(explanation['label'])))}</b></span>")
+    parts.append(f"<span>predicted: <b>{_esc(', '.join(members(explanation['predicted'])) or '(none)')}</b> "
                  f"({float(explanation['confidence']):.3f})</span>")
+    for label, evidence in (explanation.get("label_evidence") or {}).items():
+        parts.append(f'<span class="ev">{_esc(label)}: sentence {evidence["sentence"] + 1} '
+                     f'(without it p falls {evidence["drop"]:.3f})</span>')
     if correct is not None:
         parts.append(f'<span class="badge">{"correct" if correct else "incorrect"}</span>')
     if explanation.get("truncated"):
@@ -197,7 +215,7 @@ def _probabilities(explanation: dict[str, Any], labels: list[str]) -> str:
     spans = []
     for label in order:
         p = float(probabilities[label])
-        top = ' class="top"' if label == explanation["predicted"] else ""
+        top = ' class="top"' if label in members(explanation["predicted"]) else ""
         spans.append(f'<span{top}>{_esc(label)}<span class="pb" style="--w:{_fraction(p)}"></span>{p:.3f}</span>')
     return '<div class="probs">' + "".join(spans) + "</div>"
 
@@ -228,9 +246,15 @@ def _document(index: int, explanation: dict[str, Any], labels: list[str]) -> str
     top_shade = max((shade(s["weight"], w) for s in sentences for _, w in s["words"]), default=0.0) or 1.0
     top_weight = max((float(s["weight"]) for s in sentences), default=0.0) or 1.0
     state = {True: "", False: " wrong", None: " unknown"}[correct]
-    label = explanation.get("label")
-    opening = (f'<section class="doc{state}" id="doc-{index}" data-predicted="{_esc(explanation["predicted"])}" '
-               f'data-label="{_esc("" if label is None else label)}" '
+    label, predicted = explanation.get("label"), explanation["predicted"]
+    multi = isinstance(predicted, list)  # a multi-label document: the filters read JSON lists
+
+    def shown(value) -> str:
+        return json.dumps(members(value)) if multi else ("" if value is None else value)
+
+    flag = ' data-multi="1"' if multi else ""
+    opening = (f'<section class="doc{state}" id="doc-{index}"{flag} '
+               f'data-predicted="{_esc(shown(predicted))}" data-label="{_esc(shown(label))}" '
                f'data-correct="{"" if correct is None else str(bool(correct)).lower()}" '
                f'data-confidence="{float(explanation["confidence"]):.4f}">')
     rows = "".join(_sentence(s, top_shade, top_weight) for s in sentences)
@@ -239,7 +263,7 @@ def _document(index: int, explanation: dict[str, Any], labels: list[str]) -> str
 
 def _counts(explanations: list[dict[str, Any]], classes: list[str]) -> str:
     """Documents, per predicted class, and accuracy where the true label is known."""
-    predicted = {label: sum(e["predicted"] == label for e in explanations) for label in classes}
+    predicted = {label: sum(label in members(e["predicted"]) for e in explanations) for label in classes}
     known = [e["correct"] for e in explanations if e.get("correct") is not None]
     parts = [f"{len(explanations):,} documents", "predicted: " + ", ".join(
         f"{_esc(label)} {n:,}" for label, n in predicted.items() if n)]
@@ -332,7 +356,7 @@ def render_html(explanations: list[dict[str, Any]], labels: list[str], *, title:
     (say, no evaluate stage before an explain of given texts) are left out.
     """
     classes = _class_order(explanations, labels)
-    true_values = {e.get("label") for e in explanations}
+    true_values = {label for e in explanations for label in (members(e.get("label")) or [None])}
     true_labels = [label for label in labels if label in true_values]
     true_labels += sorted(str(v) for v in true_values if v is not None and v not in labels)
     if None in true_values:

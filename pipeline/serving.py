@@ -10,7 +10,9 @@ the pinned requirements, with or without this project on the path.
 
 Each answer is a dict (one DataFrame row for the pyfunc model) with ``OUTPUT_COLUMNS``:
 
-- ``label``: the most probable class (None when the text could not be read);
+- ``label``: the most probable class (None when the text could not be read); a multi-label model's
+  (a bundle with ``thresholds.json``) is the list of labels predicted: each whose probability reaches
+  its threshold, or the most probable one when none does;
 - ``probabilities``: ``{label: probability}`` over every class;
 - ``sentences``: the sentence strings the model read, after truncation to ``max_sentences``;
 - ``sentence_weights``: one attention weight per sentence, summing to 1;
@@ -71,11 +73,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CODE = PACKAGE_DIR / "pyfunc_model.py"
 
 
-def write_bundle(bundle_dir: Path, model_path: Path, preprocess_dir: Path) -> Path:
+def write_bundle(bundle_dir: Path, model_path: Path, preprocess_dir: Path, thresholds: list[float] | None = None) -> Path:
     """Copy the model and the preprocessing state it was trained with into ``bundle_dir``.
 
     ``limits.json`` gets the truncation limits (``max_sentences``, ``max_words``) from the
-    preprocess ``stats.json``, so raw text is cut exactly as the training data was.
+    preprocess ``stats.json``, so raw text is cut exactly as the training data was. ``thresholds``
+    (a multi-label model's, one per label) go to ``thresholds.json``: the served model then returns label sets.
     """
     bundle_dir = Path(bundle_dir)
     preprocess_dir = Path(preprocess_dir)
@@ -90,6 +93,8 @@ def write_bundle(bundle_dir: Path, model_path: Path, preprocess_dir: Path) -> Pa
     limits = read_json(preprocess_dir / "stats.json")["limits"]
     write_json(bundle_dir / "limits.json", {"max_sentences": int(limits["max_sentences"]),
                                             "max_words": int(limits["max_words"])})
+    if thresholds is not None:
+        write_json(bundle_dir / "thresholds.json", [float(t) for t in thresholds])
     return bundle_dir
 
 
@@ -115,7 +120,8 @@ class RawTextClassifier:
     (``pipeline.batching.pad_batch``) and run through the model's inference graph.
     """
 
-    def __init__(self, model, processor, vocab, labels: list[str], max_sentences: int, max_words: int) -> None:
+    def __init__(self, model, processor, vocab, labels: list[str], max_sentences: int, max_words: int,
+                 thresholds: list[float] | None = None) -> None:
         from pipeline.model import inference_function
 
         if max_sentences < 1 or max_words < 1:
@@ -127,6 +133,10 @@ class RawTextClassifier:
         self.processor = processor
         self.vocab = vocab
         self.labels = list(labels)
+        if thresholds is not None and len(thresholds) != len(self.labels):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(self.labels)} labels")
+        # A multi-label model's decision thresholds (one per label); None: one label, the most probable.
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         self.max_sentences = int(max_sentences)
         self.max_words = int(max_words)
 
@@ -142,9 +152,25 @@ class RawTextClassifier:
         if missing:
             raise FileNotFoundError(f"model bundle {bundle_dir} lacks {', '.join(missing)}; train again to rebuild it")
         limits = read_json(bundle_dir / "limits.json")
+        thresholds = read_json(bundle_dir / "thresholds.json") if (bundle_dir / "thresholds.json").is_file() else None
         return cls(load_han(bundle_dir / "model.keras"),
                    TextProcessor.load(bundle_dir / "text_processor.json"), Vocabulary.load(bundle_dir / "vocab.json"),
-                   list(read_json(bundle_dir / "labels.json")), int(limits["max_sentences"]), int(limits["max_words"]))
+                   list(read_json(bundle_dir / "labels.json")), int(limits["max_sentences"]), int(limits["max_words"]),
+                   thresholds=thresholds)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.thresholds is not None
+
+    def decide(self, probabilities: np.ndarray) -> str | list[str]:
+        """The answer's ``label`` for one row of probabilities: the most probable label, or a multi-label
+        model's label set (``pipeline.metrics.multilabel_decisions``, as the evaluate stage decides)."""
+        if self.thresholds is None:
+            return self.labels[int(np.argmax(probabilities))]
+        from pipeline.metrics import multilabel_decisions
+
+        chosen = multilabel_decisions(np.asarray(probabilities)[None, :], self.thresholds)[0]
+        return [label for label, on in zip(self.labels, chosen, strict=True) if on]
 
     # ------------------------------------------------------------------ encoding
     def read(self, text: Any) -> tuple[list[str], list[list[str]], bool, str | None]:
@@ -229,7 +255,7 @@ class RawTextClassifier:
             sentences, tokens, truncated, _ = readings[i]
             probabilities = output["probabilities"]
             results[i] = {
-                "label": self.labels[int(np.argmax(probabilities))],
+                "label": self.decide(probabilities),
                 "probabilities": {label: float(p) for label, p in zip(self.labels, probabilities, strict=True)},
                 "sentences": list(sentences),
                 "sentence_weights": output["sentence_weights"].tolist(),
@@ -374,14 +400,17 @@ def raw_text_signature(example: pd.DataFrame, output: pd.DataFrame):
     """Input: a string ``text`` column. Output: inferred from a real prediction (MLflow 3 infers
     the list and dict columns as ``Array``/``Object`` types: ``probabilities`` an object with one
     double per label, ``sentences`` ``Array(string)``, ``word_weights`` ``Array(Array(double))``);
-    ``label`` and ``error`` are optional strings, since a text that cannot be read has no label and
-    an error. Param ``batch_size`` (long, default 32)."""
+    ``label`` (a string, or a multi-label model's list of strings) and ``error`` are optional, since a
+    text that cannot be read has no label and an error. Param ``batch_size`` (long, default 32)."""
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import ColSpec, Schema
 
     inferred = infer_signature(example[["text"]], output[list(OUTPUT_COLUMNS)],
                                params={"batch_size": DEFAULT_BATCH_SIZE})
-    optional = {"label": ColSpec("string", "label", required=False), "error": ColSpec("string", "error", required=False)}
+    # label: a string, or a multi-label model's Array(string), as inferred; optional either way.
+    label = next(spec for spec in inferred.outputs.inputs if spec.name == "label")
+    label_type = label.type if output["label"].map(lambda value: isinstance(value, list)).any() else "string"
+    optional = {"label": ColSpec(label_type, "label", required=False), "error": ColSpec("string", "error", required=False)}
     outputs = Schema([optional.get(spec.name, spec) for spec in inferred.outputs.inputs])
     return ModelSignature(inputs=Schema([ColSpec("string", "text")]), outputs=outputs, params=inferred.params)
 

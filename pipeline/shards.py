@@ -51,8 +51,11 @@ def load_split(directory: Path, split: str) -> EncodedSplit:
 class ShardWriter:
     """Writes one split's documents into numbered shards of at most ``shard_documents`` each."""
 
-    def __init__(self, directory: Path, split: str, shard_documents: int) -> None:
+    def __init__(self, directory: Path, split: str, shard_documents: int, num_labels: int | None = None) -> None:
+        """``num_labels``: multi-label data, each document's labels stored as a 0/1 row of this many; None: one
+        label id per document."""
         self.directory, self.split, self.shard_documents = Path(directory), split, shard_documents
+        self.num_labels = num_labels
         self.paths: list[Path] = []
         self.documents = 0
         self._reset()
@@ -62,12 +65,19 @@ class ShardWriter:
         self._document_lengths, self._labels = array("i"), array("i")
         self._ids: list[str] = []
 
-    def add(self, sentences: list[list[int]], label: int, doc_id: str) -> None:
+    def add(self, sentences: list[list[int]], label: int | list[int], doc_id: str) -> None:
+        """``label``: the label's id, or with ``num_labels`` the ids of the document's labels."""
         for sentence in sentences:
             self._tokens.extend(sentence)
             self._sentence_lengths.append(len(sentence))
         self._document_lengths.append(len(sentences))
-        self._labels.append(label)
+        if self.num_labels is None:
+            self._labels.append(label)
+        else:
+            row = [0] * self.num_labels
+            for member in label:
+                row[member] = 1
+            self._labels.extend(row)
         self._ids.append(doc_id)
         self.documents += 1
         if len(self._ids) >= self.shard_documents:
@@ -80,7 +90,9 @@ class ShardWriter:
         np.savez(path, tokens=np.frombuffer(self._tokens, dtype=np.int32),
                  sentence_lengths=np.frombuffer(self._sentence_lengths, dtype=np.int32),
                  document_lengths=np.frombuffer(self._document_lengths, dtype=np.int32),
-                 labels=np.frombuffer(self._labels, dtype=np.int32), ids=np.asarray(self._ids, dtype=str))
+                 labels=np.frombuffer(self._labels, dtype=np.int32).reshape(
+                     (len(self._ids),) if self.num_labels is None else (len(self._ids), self.num_labels)),
+                 ids=np.asarray(self._ids, dtype=str))
         self.paths.append(path)
         self._reset()
 
@@ -142,13 +154,15 @@ class TrainingStream:
     ``batch_size`` is the global batch; ``max_steps`` ends the epoch early. With ``replicas`` > 1
     each batch is yielded as the shares of this worker's replicas (``pipeline.distribute.worker_batches``: replica ``r`` takes
     members ``r, r + replicas, ...``). After the epoch, ``padding_efficiency`` holds real tokens
-    over padded cells of the batches yielded.
+    over padded cells of the batches yielded. ``num_labels``: multi-label shards (labels as 0/1 rows).
     """
 
     def __init__(self, paths: list[Path], *, documents: int, batch_size: int, bucket_batches: int, seed: int,
                  epoch: int, shuffle_buffer: int, class_weights: np.ndarray | None = None,
-                 replicas: int = 1, workers: int = 1, worker: int = 0, max_steps: int | None = None) -> None:
+                 replicas: int = 1, workers: int = 1, worker: int = 0, max_steps: int | None = None,
+                 num_labels: int | None = None) -> None:
         self.paths, self.documents = list(paths), documents
+        self.num_labels = num_labels  # multi-label: the width of each document's 0/1 label row
         self.batch_size, self.bucket_batches = batch_size, bucket_batches
         self.seed, self.epoch, self.shuffle_buffer = seed, epoch, max(1, shuffle_buffer)
         self.class_weights = class_weights
@@ -169,7 +183,8 @@ class TrainingStream:
             documents = split.documents()
             for i in rng.permutation(len(split)):
                 # Copies: a view would keep the whole shard alive while the document sits in the buffer.
-                doc = ([sentence.copy() for sentence in documents[i]], int(split.labels[i]))
+                label = split.labels[i]  # an id, or a multi-label 0/1 row
+                doc = ([sentence.copy() for sentence in documents[i]], int(label) if label.ndim == 0 else label.copy())
                 if len(buffer) < self.shuffle_buffer:
                     buffer.append(doc)
                     continue
@@ -234,7 +249,8 @@ def training_dataset(stream: TrainingStream):
     """``stream`` as a ``tf.data.Dataset`` (prefetched, so padding overlaps the training step)."""
     import tensorflow as tf
 
-    signature = [tf.TensorSpec((None, None, None), tf.int32), tf.TensorSpec((None,), tf.int32)]
+    labels = (None,) if stream.num_labels is None else (None, stream.num_labels)
+    signature = [tf.TensorSpec((None, None, None), tf.int32), tf.TensorSpec(labels, tf.int32)]
     if stream.class_weights is not None:
         signature.append(tf.TensorSpec((None,), tf.float32))
     dataset = tf.data.Dataset.from_generator(stream.batches, output_signature=tuple(signature))

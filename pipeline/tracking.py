@@ -542,7 +542,7 @@ def log_datasets(config: PipelineConfig, prep_dir: Path, splits: Sequence[str]) 
 def log_pipeline_summary(config: PipelineConfig, stages: Sequence[str]) -> dict[str, float]:
     """Put the headline figures of the pipeline's ``stages`` that have them on the active (parent) run.
 
-    From the stages' outputs: ``evaluate``: test accuracy and macro F1, the baseline's, the gate
+    From the stages' outputs: ``evaluate``: test accuracy, macro and micro F1, the baseline's, the gate
     (1 = passed), the model version; ``promote``: the verdict (tag, and ``promoted`` 1/0) and the
     champion after it; ``explain``: the faithfulness figures, as the explain run names them. Only
     the given stages are read, so a stage skipped in this pipeline run shows no stale figures.
@@ -558,8 +558,8 @@ def log_pipeline_summary(config: PipelineConfig, stages: Sequence[str]) -> dict[
         evaluated = read_json(config.stage_dir("evaluate") / "metrics.json")
         for prefix, scores in (("test", evaluated["model"]), ("baseline", evaluated.get("baseline"))):
             if scores is not None:
-                metrics.update({f"{prefix}.accuracy": float(scores["accuracy"]),
-                                f"{prefix}.macro_f1": float(scores["macro_f1"])})
+                metrics.update({f"{prefix}.{name}": float(scores[name])
+                                for name in ("accuracy", "macro_f1", "micro_f1") if name in scores})
         metrics["gate.passed"] = float(evaluated["gate"]["passed"])
         trained = (evaluated.get("train") or {}).get("mlflow") or {}
         tags.update({"han.registered_model": str(trained.get("registered_model")),

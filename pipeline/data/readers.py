@@ -866,6 +866,33 @@ def _scalar(value: Any) -> str | None:
     return text or None
 
 
+def label_set(value: Any, delimiter: str | None) -> tuple[str, ...] | None:
+    """A multi-label field's labels, sorted and each once; None when it holds none (``missing_label``).
+
+    A list (JSON array, Parquet list column) holds one label per item, each read as ``_scalar`` reads
+    a single label; a text value is split at ``delimiter`` (data.label_delimiter), or is one label
+    without it. An item that is itself a list or an object is not a label: ``TypeError`` names it.
+    """
+    if value is None:
+        return None
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # a Parquet list cell (numpy array)
+        value = value.tolist()
+    if isinstance(value, dict):
+        raise TypeError("JSON object")
+    if isinstance(value, (list, tuple)):
+        items = []
+        for item in value:
+            if isinstance(item, (list, dict, tuple)):
+                raise TypeError(f"list with a {_VALUE_KINDS.get(type(item).__name__, type(item).__name__)} item "
+                                f"({_shown(item)})")
+            items.append(_scalar(item))
+    else:
+        text = _scalar(value)
+        items = [text] if text is None or delimiter is None else [part.strip() for part in text.split(delimiter)]
+    labels = tuple(sorted({item for item in items if item}))
+    return labels or None
+
+
 def _make_document(
     record: dict[str, Any], source: str, config: DataConfig, invalid: int, report: ReadReport
 ) -> RawDocument | Rejected:
@@ -879,13 +906,24 @@ def _make_document(
         invalid += extra
         report.decode_error_bytes += extra
     report.documents_with_decode_errors += invalid > 0
-    fields = {"label": config.label_field, "id": config.id_field, "split": config.split_field}
-    values: dict[str, str | None] = {}
+    # The id first, so that a record rejected for its label or split is named by it.
+    fields = {"id": config.id_field, "label": config.label_field, "split": config.split_field}
+    values: dict[str, Any] = {}
     for role, name in fields.items():
         try:
-            values[role] = _scalar(record.get(name)) if name is not None else None
+            if role == "label" and config.multilabel:
+                values[role] = label_set(record.get(name), config.label_delimiter)
+            else:
+                values[role] = _scalar(record.get(name)) if name is not None else None
         except TypeError as err:
-            return Rejected(source, UNPARSABLE, f"field {name!r} ({role}) holds a {err}, expected a single value")
+            if role == "label" and config.multilabel:
+                expected = "labels (data.multilabel)"
+            elif role == "label" and str(err) in ("list", "tuple", "ndarray"):
+                expected = "a single value; a document with several labels needs data.multilabel: true"
+            else:
+                expected = "a single value"
+            return Rejected(source, UNPARSABLE, f"field {name!r} ({role}) holds a {err}, expected {expected}",
+                            id=values.get("id"))
     if text is not None and not isinstance(text, str):
         return Rejected(
             source,

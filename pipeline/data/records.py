@@ -19,7 +19,7 @@ class RawDocument:
 
     id: str | None
     text: str | None
-    label: str | None
+    label: str | tuple[str, ...] | None  # a tuple (sorted, each once) with data.multilabel
     source: str
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -34,10 +34,17 @@ class Rejected:
     reason: str
     detail: str = ""
     id: str | None = None
-    label: str | None = None
+    label: str | tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "id": self.id, "label": self.label, "reason": self.reason, "detail": self.detail}
+
+
+def label_members(label: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """The labels of a document's label value: a single label (one), a multi-label set (each), none."""
+    if label is None:
+        return ()
+    return (label,) if isinstance(label, str) else tuple(label)
 
 
 # Quarantine reasons: stable strings, counted in the manifest and documented in the README.

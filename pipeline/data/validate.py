@@ -24,6 +24,7 @@ from pipeline.data.records import (
     UNKNOWN_LABEL,
     RawDocument,
     Rejected,
+    label_members,
 )
 
 
@@ -56,7 +57,7 @@ def validate_documents(
         result.input_count += 1
         outcome = validator.check(record)
         (result.quarantined if isinstance(outcome, Rejected) else result.kept).append(outcome)
-    result.labels = sorted({doc.label for doc in result.kept if doc.label is not None})
+    result.labels = sorted({label for doc in result.kept for label in label_members(doc.label)})
     return result
 
 
@@ -110,9 +111,12 @@ def _problem(
                 "raise data.max_chars to keep documents this long"
             )
     if doc.label is None:
-        return MISSING_LABEL, "no label (empty or absent label field)"
-    if allowed is not None and doc.label not in allowed:
-        return UNKNOWN_LABEL, f"label {doc.label!r} is not in data.labels: {', '.join(sorted(allowed))}"
+        return MISSING_LABEL, "no label (empty or absent label field, or an empty list)"
+    if allowed is not None:
+        unknown = [label for label in label_members(doc.label) if label not in allowed]
+        if unknown:
+            return UNKNOWN_LABEL, (f"label {unknown[0]!r} is not in data.labels: {', '.join(sorted(allowed))}"
+                                   + (f" ({len(unknown)} of the document's labels are not)" if len(unknown) > 1 else ""))
     if doc_id in first_source:
         return DUPLICATE_ID, f"id {doc_id!r} was already used by {first_source[doc_id]}, which is kept"
     return None

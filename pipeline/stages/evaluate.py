@@ -148,7 +148,7 @@ def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list
     (loaded only when its files are those recorded at its registration)."""
     import pandas as pd
 
-    from pipeline.metrics import classification_metrics
+    from pipeline.metrics import classification_metrics, multilabel_metrics
     from pipeline.registry import ModelIntegrityError, verified_model
 
     # Blank lines are paragraph breaks: each stored sentence stays one sentence when re-read.
@@ -172,7 +172,13 @@ def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list
         return {"version": str(version.version), "comparable": False,
                 "reason": f"the champion knows the labels {sorted(champion_labels)}, this model {sorted(labels)}"}
     probabilities = np.asarray([[row[label] for label in labels] for row in answers["probabilities"]])
-    metrics = classification_metrics(y_true, probabilities, labels, config.evaluate.calibration_bins)
+    if config.data.multilabel:
+        # Its own decisions (its thresholds), not this model's.
+        chosen = [set(answer) if isinstance(answer, list) else {answer} for answer in answers["label"]]
+        predicted = np.asarray([[label in row for label in labels] for row in chosen], dtype=np.int64)
+        metrics = multilabel_metrics(y_true, probabilities, labels, predicted=predicted)
+    else:
+        metrics = classification_metrics(y_true, probabilities, labels, config.evaluate.calibration_bins)
     _log(f"champion (version {version.version}) re-scored on the same {len(texts):,} test documents "
          f"in {time.perf_counter() - started:.1f}s")
     return {"version": str(version.version), "comparable": True, "run_id": version.run_id, "metrics": metrics}
@@ -196,6 +202,16 @@ def request_batches(texts: list[str]) -> list[list[str]]:
     if current:
         batches.append(current)
     return batches
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The figures a person reads first: accuracy and macro-F1, or for multi-label micro/macro-F1 and exact match."""
+    if metrics.get("multilabel"):
+        return (f"micro F1 {metrics['micro_f1']:.4f}, macro F1 {metrics['macro_f1']:.4f}, exact match "
+                f"{metrics['accuracy']:.4f}, {metrics['predicted_labels_per_document']:.2f} labels per document "
+                f"(true {metrics['labels_per_document']:.2f})")
+    extra = f", ECE {metrics['ece']:.4f}" if "ece" in metrics else ""
+    return f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}{extra}"
 
 
 def judge(gate: GateConfig, model: dict[str, Any], baseline: dict[str, Any] | None,
@@ -238,7 +254,7 @@ def _reason(check: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def run(config: PipelineConfig) -> EvaluateResult:
-    from pipeline.metrics import classification_metrics
+    from pipeline.metrics import classification_metrics, multilabel_metrics
     from pipeline.model import load_han
     from pipeline.runtime import apply_runtime
     from pipeline.shards import load_split
@@ -260,20 +276,27 @@ def run(config: PipelineConfig) -> EvaluateResult:
         raise EvaluateError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
     settings = config.evaluate
 
+    multilabel = config.data.multilabel
+    thresholds = read_json(train_dir / "thresholds.json")["thresholds"] if multilabel else None
+
+    def scored(truth: np.ndarray, probabilities: np.ndarray, decision_thresholds=0.5) -> dict[str, Any]:
+        if multilabel:
+            return multilabel_metrics(truth, probabilities, labels, decision_thresholds)
+        return classification_metrics(truth, probabilities, labels, settings.calibration_bins)
+
     probabilities = predict_probabilities(load_han(train_dir / "model.keras"), test, settings.batch_size)
-    metrics = classification_metrics(test.labels, probabilities, labels, settings.calibration_bins)
-    _log(f"HAN on {len(test):,} test documents: accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-         f"ECE {metrics['ece']:.4f}")
+    metrics = scored(test.labels, probabilities, thresholds)
+    _log(f"HAN on {len(test):,} test documents: {headline(metrics)}")
 
     baseline = baseline_probabilities = None
     if settings.baseline.enabled:
         baseline_probabilities, described = run_baseline(config, prep_dir, test)
-        baseline = classification_metrics(test.labels, baseline_probabilities, labels, settings.calibration_bins)
+        baseline = scored(test.labels, baseline_probabilities)
         baseline.update(described)
         info = described["info"]
         _log(f"TF-IDF + logistic regression baseline ({'full text' if described['input'] == 'full_text' else 'HAN tokens'}"
-             f", learnt from {settings.baseline.fit_on.replace('_', ' + ')}: {info['train_documents']:,} documents, "
-             f"{info['features']:,} n-grams): accuracy {baseline['accuracy']:.4f}, macro F1 {baseline['macro_f1']:.4f}")
+             f"{', one-vs-rest' if multilabel else ''}, learnt from {settings.baseline.fit_on.replace('_', ' + ')}: "
+             f"{info['train_documents']:,} documents, {info['features']:,} n-grams): {headline(baseline)}")
 
     from pipeline.stages.train import ensure_tracked
 
@@ -306,7 +329,10 @@ def run(config: PipelineConfig) -> EvaluateResult:
     }
     out_dir = config.stage_dir("evaluate")
     with atomic_directory(out_dir) as staging:
-        _write_outputs(staging, test, labels, probabilities, metrics, baseline, settings.calibration_bins)
+        if multilabel:
+            _write_multilabel_outputs(staging, test, labels, probabilities, thresholds, metrics, baseline)
+        else:
+            _write_outputs(staging, test, labels, probabilities, metrics, baseline, settings.calibration_bins)
         result["seconds"] = round(time.perf_counter() - started, 3)
         write_json(staging / "metrics.json", result)
         manifest = {"stage": "evaluate", "created": result["created"], "train_fingerprint": train_manifest.get("fingerprint"),
@@ -334,6 +360,21 @@ def _write_outputs(directory: Path, test, labels, probabilities, metrics, baseli
         write_confusion_matrix(baseline["confusion_matrix"], labels, directory / "baseline_confusion_matrix.png",
                                directory / "baseline_confusion_matrix.csv",
                                title="TF-IDF + LR baseline: confusion matrix (test split)")
+
+
+def _write_multilabel_outputs(directory: Path, test, labels, probabilities, thresholds, metrics, baseline) -> None:
+    from pipeline.metrics import multilabel_decisions, plot_label_f1
+
+    predicted = multilabel_decisions(probabilities, thresholds)
+    with open(directory / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for doc_id, truth, guess, row in zip(test.ids, test.labels, predicted, probabilities, strict=True):
+            true_set = [label for label, on in zip(labels, truth, strict=True) if on]
+            guessed = [label for label, on in zip(labels, guess, strict=True) if on]
+            handle.write(json.dumps({"id": str(doc_id), "label": true_set, "predicted": guessed,
+                                     "correct": true_set == guessed,
+                                     "probabilities": {label: float(p) for label, p in zip(labels, row, strict=True)}})
+                         + "\n")
+    plot_label_f1(metrics, directory / "label_f1.png", "F1 per label (test split)", baseline)
 
 
 def _track(config: PipelineConfig, out_dir: Path, result: dict[str, Any], registered: str | None,

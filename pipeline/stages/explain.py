@@ -60,15 +60,23 @@ def probabilities_fn(infer, batch_size: int):
     return predict
 
 
-def record(doc_id: str, label: str | None, labels: list[str], sentences: list[str], words: list[list[str]],
-           outputs: dict[str, Any], truncated: bool) -> dict[str, Any]:
+def record(doc_id: str, label: str | list[str] | None, labels: list[str], sentences: list[str], words: list[list[str]],
+           outputs: dict[str, Any], truncated: bool, thresholds: list[float] | None = None) -> dict[str, Any]:
     """One explanation record (the schema in ``pipeline.report``).
 
     ``sentences`` are the sentences as written (what the report shows), ``words`` their tokens as
-    the model read them (what the weights are of).
+    the model read them (what the weights are of). ``thresholds``: a multi-label model's; ``predicted``
+    (and ``label``) are then label lists, and ``confidence`` the probability of the most probable label.
     """
-    probabilities = outputs["probabilities"]
-    predicted = labels[int(np.argmax(probabilities))]
+    probabilities = np.asarray(outputs["probabilities"])
+    if thresholds is None:
+        predicted: str | list[str] = labels[int(np.argmax(probabilities))]
+    else:
+        from pipeline.metrics import multilabel_decisions
+
+        chosen = multilabel_decisions(probabilities[None, :], thresholds)[0]
+        predicted = [name for name, on in zip(labels, chosen, strict=True) if on]
+        label = None if label is None else sorted([label] if isinstance(label, str) else label)
     return {
         "id": doc_id,
         "label": label,
@@ -86,6 +94,37 @@ def record(doc_id: str, label: str | None, labels: list[str], sentences: list[st
     }
 
 
+def add_label_evidence(explanations: list[dict[str, Any]], documents: list[list[np.ndarray]], labels: list[str],
+                       predict) -> None:
+    """Multi-label: for each predicted label of each document, the sentence whose removal lowers that label's
+    probability most (``label_evidence``: ``{label: {"sentence": i, "drop": p - p_without}}``), since one
+    attention distribution serves every label. ``predict``: documents -> probabilities (``probabilities_fn``).
+    One-sentence documents get none (removing the only sentence leaves nothing to read)."""
+    from pipeline.faithfulness import remove_sentences
+
+    variants, owners = [], []
+    for index, document in enumerate(documents):
+        if len(document) > 1:
+            variants += [remove_sentences(document, [i]) for i in range(len(document))]
+            owners += [(index, i) for i in range(len(document))]
+    without = predict(variants) if variants else np.zeros((0, len(labels)))
+    start = 0
+    for index, (explanation, document) in enumerate(zip(explanations, documents, strict=True)):
+        if len(document) <= 1:
+            explanation["label_evidence"] = {}
+            continue
+        rows = without[start:start + len(document)]
+        start += len(document)
+        evidence = {}
+        for label in explanation["predicted"]:
+            column = labels.index(label)
+            drops = explanation["probabilities"][label] - rows[:, column]
+            best = int(np.argmax(drops))
+            evidence[label] = {"sentence": best, "drop": round(float(drops[best]), 6)}
+        explanation["label_evidence"] = evidence
+    assert start == len(owners)
+
+
 def _report_selection(explanations: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     """Misclassified documents first (least confident first), then the rest round-robin over classes."""
     if len(explanations) <= limit:
@@ -94,7 +133,8 @@ def _report_selection(explanations: list[dict[str, Any]], limit: int) -> list[di
     by_class: dict[str, list[dict[str, Any]]] = {}
     for e in explanations:
         if e["correct"] is not False:
-            by_class.setdefault(e["predicted"], []).append(e)
+            predicted = e["predicted"]
+            by_class.setdefault(predicted if isinstance(predicted, str) else tuple(predicted), []).append(e)
     chosen = wrong[:limit]
     queues = list(by_class.values())
     while len(chosen) < limit and any(queues):
@@ -120,6 +160,9 @@ def evaluate_figures(config: PipelineConfig) -> tuple[list[tuple[str, Path]], li
     metrics_path = evaluate_dir / "metrics.json"
     baseline = (read_json(metrics_path).get("baseline") or {}) if metrics_path.is_file() else {}
     read = {"full_text": "their full text", "tokens": "the HAN's tokens"}.get(baseline.get("input"), "the same tokens")
+    if config.data.multilabel:
+        return [(f"Each label's F1 on the test split (evaluate stage), the HAN beside the one-vs-rest TF-IDF + "
+                 f"logistic regression baseline reading {read}.", evaluate_dir / "label_f1.png")], []
     return [("The HAN on the test split (evaluate stage): rows are the true class, columns the predicted one; "
              "colour is the share of the true class.", evaluate_dir / "confusion_matrix.png"),
             (f"The TF-IDF + logistic regression baseline on the same documents, reading {read}.",
@@ -172,8 +215,9 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
 
     classifier = RawTextClassifier.from_directory(config.stage_dir("train") / "bundle")
     labels = list(classifier.labels)
+    thresholds = None if classifier.thresholds is None else classifier.thresholds.tolist()
     answers = classifier.predict(texts, batch_size=config.explain.batch_size)
-    explanations, errors = [], []
+    explanations, errors, encoded = [], [], []
     for i, answer in enumerate(answers):
         if answer.get("error"):
             errors.append({"index": i, "error": answer["error"]})
@@ -182,9 +226,13 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
         outputs = {"probabilities": np.asarray([answer["probabilities"][name] for name in labels]),
                    "sentence_weights": answer["sentence_weights"], "word_weights": answer["word_weights"]}
         explanations.append(record(f"input-{i + 1}", truth, labels, answer["sentences"], answer["words"], outputs,
-                                   bool(answer.get("truncated"))))
+                                   bool(answer.get("truncated")), thresholds))
+        encoded.append(i)
     if not explanations:
         raise ExplainError("none of the given texts could be explained: " + "; ".join(e["error"] for e in errors))
+    if thresholds is not None:
+        documents = classifier.encode([texts[i] for i in encoded])
+        add_label_evidence(explanations, documents, labels, probabilities_fn(classifier.infer, config.explain.batch_size))
     summary = {"documents": len(explanations), "errors": errors, "labels": labels}
     figures, figure_notes = evaluate_figures(config)
     out_dir = config.stage_dir("explain-input")
@@ -219,6 +267,8 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
     infer = inference_function(load_han(config.stage_dir("train") / "model.keras"))
 
     outputs = document_outputs(infer, documents, settings.batch_size)
+    bundle_thresholds = config.stage_dir("train") / "bundle" / "thresholds.json"
+    thresholds = read_json(bundle_thresholds) if bundle_thresholds.is_file() else None
     explanations = []
     for i, (row, doc, out) in enumerate(zip(rows, documents, outputs, strict=True)):
         sentences = row["sentences"][: len(doc)]
@@ -228,7 +278,12 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
                                f"preprocess again (`{config.command('preprocess', '--force')}`)")
         truncated = len(row["sentences"]) > len(doc) or any(len(t) > len(w) for t, w in zip(
             (processor.tokenizer.tokenize(s) for s in sentences), words, strict=True))
-        explanations.append(record(str(test.ids[i]), row["label"], labels, sentences, words, out, truncated))
+        explanations.append(record(str(test.ids[i]), row["label"], labels, sentences, words, out, truncated, thresholds))
+    if thresholds is not None:  # per predicted label, the sentence it rests on most: for the documents in the report
+        shown = {id(e) for e in _report_selection(explanations, settings.report_documents)}
+        chosen = [i for i, e in enumerate(explanations) if id(e) in shown]
+        add_label_evidence([explanations[i] for i in chosen], [documents[i] for i in chosen], labels,
+                           probabilities_fn(infer, settings.batch_size))
     _log(f"explained {len(explanations):,} test documents in {time.perf_counter() - started:.1f}s")
 
     rng = np.random.default_rng(config.seed)
@@ -271,7 +326,10 @@ def _write(config: PipelineConfig, explanations, labels, faith, started) -> Expl
 
     summary_by_class = class_summary(explanations, labels, config.explain.top_n)
     accuracy = float(np.mean([e["correct"] for e in explanations]))
-    notes = [f"{len(explanations):,} test documents, accuracy {accuracy:.4f}",
+    multilabel = any(isinstance(e["predicted"], list) for e in explanations)
+    notes = [f"{len(explanations):,} test documents, " + (f"exact label set {accuracy:.4f}; faithfulness is of the most "
+             "probable label, and each predicted label names the sentence whose removal lowers it most"
+             if multilabel else f"accuracy {accuracy:.4f}"),
              _faithfulness_line(faith) + " (ERASER; higher = attention picks sentences the decision depends on)",
              _faithfulness_line(faith, "sufficiency") + " (ERASER; lower = the attended sentences alone keep the "
              "prediction)"]

@@ -39,7 +39,7 @@ from pipeline.artifacts import (
 )
 from pipeline.config import PipelineConfig
 from pipeline.data import records
-from pipeline.data.records import RawDocument, Rejected
+from pipeline.data.records import RawDocument, Rejected, label_members
 from pipeline.progress import Progress
 from pipeline.tracking import check_before_commit
 
@@ -73,7 +73,7 @@ def _log(message: str) -> None:
 class _Kept:
     """What stays in memory per kept document (the text waits in a spool file): enough to assign splits."""
 
-    label: str
+    label: str | tuple[str, ...]  # a tuple with data.multilabel
     split: str | None
 
 
@@ -112,7 +112,9 @@ def _scan(config: PipelineConfig, spool: Path, dropped: Counter | None = None) -
             if isinstance(outcome, Rejected):
                 quarantined.append(outcome)
                 continue
-            kept.append(_Kept(sys.intern(outcome.label), outcome.split))
+            label = (sys.intern(outcome.label) if isinstance(outcome.label, str)
+                     else tuple(sys.intern(member) for member in outcome.label))
+            kept.append(_Kept(label, outcome.split))
             if line_filter and dropped is not None:
                 _, lines, characters = line_filter.apply(outcome.text)
                 dropped.update(documents=lines > 0, lines=lines, characters=characters)
@@ -144,16 +146,23 @@ def assign_splits(docs: Sequence[RawDocument], seed: int, validation: float, tes
 
     The dataset's own split wins when it has one (IMDB's train/test); a validation or test split
     it lacks is then carved from train. Otherwise each class is shuffled from the seed and cut
-    into train/validation/test, so every split keeps the class balance.
+    into train/validation/test, so every split keeps the class balance. A multi-label document is
+    placed with its rarest label (fewest documents), so that rare labels reach every split.
     """
     rng = np.random.default_rng(seed)
     own = [doc.split for doc in docs]
     splits: dict[str, list[int]] = {name: [] for name in SPLITS}
+    frequency = Counter(label for doc in docs if not isinstance(doc.label, str) and doc.label for label in doc.label)
+
+    def stratum(label: str | tuple[str, ...] | None) -> str:
+        if label is None or isinstance(label, str):
+            return label or ""
+        return min(label, key=lambda member: (frequency[member], member))
 
     def carve(indices: list[int], fractions: dict[str, float], remainder: str) -> None:
         by_label: dict[str, list[int]] = {}
         for i in indices:
-            by_label.setdefault(docs[i].label or "", []).append(i)
+            by_label.setdefault(stratum(docs[i].label), []).append(i)
         for label in sorted(by_label):
             members = np.array(by_label[label])
             rng.shuffle(members)
@@ -546,7 +555,7 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
     kept_spool, tokens_spool = spool / "kept.jsonl", spool / "tokens.jsonl"
     dropped: Counter[str] = Counter(documents=0, lines=0, characters=0)
     kept, quarantined, read_report, input_count = _scan(config, kept_spool, dropped)
-    labels = sorted({doc.label for doc in kept})
+    labels = sorted({label for doc in kept for label in label_members(doc.label)})
     if not input_count:
         shown = ", ".join(str(path) for path in config.resolved_data_paths().values())
         raise PreprocessError(f"no documents in {shown} (data.format {config.data.format!r}): "
@@ -565,7 +574,9 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
     split_source = "dataset" if any(doc.split for doc in kept) else f"stratified from seed {config.seed}"
     own_splits = {doc.split for doc in kept if doc.split}
     label_code = {label: i for i, label in enumerate(labels)}
-    label_of = np.fromiter((label_code[doc.label] for doc in kept), dtype=np.int32, count=len(kept))
+    # One (document, label) pair per label a document has: one per document unless multi-label.
+    member_doc = np.fromiter((i for i, doc in enumerate(kept) for _ in label_members(doc.label)), dtype=np.int64)
+    member_label = np.fromiter((label_code[label] for doc in kept for label in label_members(doc.label)), dtype=np.int32)
     if isinstance(config.data.path, dict):
         _log("the dataset's own split, a data.path per split: " + ", ".join(f"{split} = {path}" for split, path
                                                                           in config.data.data_paths().items()))
@@ -626,7 +637,7 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
             f"limit preprocess.max_quarantine_fraction={config.preprocess.max_quarantine_fraction}. Reasons: {counts['by_reason']}. "
             f"See {report} for each record; fix the data or raise the limit."
         )
-    split_warnings = check_splits(config, split_table(labels, label_of, split_of), own_splits)
+    split_warnings = check_splits(config, split_table(labels, member_label, split_of[member_doc]), own_splits)
     for warning in split_warnings:
         _log(f"warning: {warning}")
 
@@ -638,7 +649,8 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
 
     # Pass 4: encode and write the shards and the per-split document files.
     shard_size = config.preprocess.shard_documents
-    writers = {name: ShardWriter(staging, name, shard_size) for name in SPLITS}
+    writers = {name: ShardWriter(staging, name, shard_size, num_labels=len(labels) if config.data.multilabel else None)
+               for name in SPLITS}
     documents = {name: open(staging / f"{name}.documents.jsonl", "w", encoding="utf-8") for name in SPLITS}
     try:
         tokenized = _spooled(tokens_spool)
@@ -650,8 +662,10 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
                 name = SPLITS[split_of[index]]
                 sentences, tokens = next(tokenized)
                 encoded = split_stats[name].encode(vocab, tokens, limits["max_sentences"], limits["max_words"])
-                writers[name].add(encoded, label_ids[row["label"]], row["id"])
-                split_stats[name].labels[row["label"]] += 1
+                members = label_members(row["label"])
+                writers[name].add(encoded, [label_ids[label] for label in members] if config.data.multilabel
+                                  else label_ids[row["label"]], row["id"])
+                split_stats[name].labels.update(members)
                 out = {"id": row["id"], "label": row["label"], "source": row["source"], "sentences": sentences}
                 if row["meta"]:
                     out["meta"] = row["meta"]
@@ -665,6 +679,7 @@ def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, 
     stats: dict[str, Any] = {
         "documents": split_counts,
         "labels": labels,
+        "multilabel": config.data.multilabel,  # class_balance then counts documents with each label
         "class_balance": {name: dict(sorted(split_stats[name].labels.items())) for name in SPLITS},
         "split_source": split_source,
         "warnings": split_warnings,

@@ -253,12 +253,12 @@ def run(config: PipelineConfig, force: bool = False, trial: SweepTrial | None = 
              f"MLflow run {manifest['mlflow']['run_id']}); to train again: `{config.command('train', '--force')}`"
              if note is None else note)
         return TrainResult(out_dir, manifest, skipped=True)
-    if config.model.multilabel:
-        raise TrainError("model.multilabel=true needs multi-label data, which preprocessing does not produce; "
-                         "set model.multilabel=false")
-
     labels: list[str] = read_json(prep_dir / "labels.json")
     stats = read_json(prep_dir / "stats.json")
+    if bool(stats.get("multilabel")) != config.data.multilabel:
+        raise TrainError(f"{prep_dir} holds {'multi' if stats.get('multilabel') else 'single'}-label data but "
+                         f"data.multilabel is {str(config.data.multilabel).lower()}; preprocess again "
+                         f"(`{config.command('preprocess', '--force')}`)")
     train = TrainSplit(shard_paths(prep_dir, "train"), stats["documents"]["train"],
                        np.array([stats["class_balance"]["train"].get(label, 0) for label in labels]))
     validation = load_split(prep_dir, "validation")
@@ -339,7 +339,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         return TrainingStream(train.paths, documents=train.documents, batch_size=global_batch,
                               bucket_batches=settings.bucket_batches, seed=config.seed, epoch=epoch,
                               shuffle_buffer=settings.shuffle_buffer, class_weights=weights,
-                              replicas=replicas, workers=workers, worker=worker, max_steps=settings.max_steps_per_epoch)
+                              replicas=replicas, workers=workers, worker=worker, max_steps=settings.max_steps_per_epoch,
+                              num_labels=len(labels) if config.data.multilabel else None)
 
     steps_per_epoch = stream(0).steps
     model_config = resolved.model
@@ -456,6 +457,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                 break
 
         assign_variables(model.variables, best_values)
+        state["thresholds"] = (decision_thresholds(config, model, validation, labels)
+                               if config.data.multilabel and trial is None and chief else None)
         # Training is over. The training and validation graphs, the optimizer's moments and the
         # datasets go before the outputs' work (saving, the example prediction, MLflow's check of
         # the logged model) loads the model twice more: IMDB's train stage peaked 0.12-0.15 GB lower.
@@ -475,6 +478,31 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
          f"{state['seconds']:.1f}s of training; outputs in {out_dir}")
     _log(f"total {time.perf_counter() - started:.1f}s in this process")
     return result
+
+
+def decision_thresholds(config: PipelineConfig, model, validation, labels: list[str]) -> dict[str, Any]:
+    """Multi-label: the probability above which each label is predicted (``train.thresholds``), chosen on the
+    validation split to maximise F1 (``pipeline.metrics.choose_thresholds``); 0.5 without a validation split."""
+    from pipeline.config import THRESHOLD_MIN_POSITIVES
+    from pipeline.metrics import choose_thresholds
+    from pipeline.stages.evaluate import predict_probabilities
+
+    if len(validation) == 0:
+        _log("multi-label thresholds: no validation split to choose them on; every label predicted from 0.5")
+        return {"labels": labels, "thresholds": [0.5] * len(labels), "info": {"mode": "fixed", "global": 0.5}}
+    probabilities = predict_probabilities(model, validation, config.evaluate.batch_size)
+    thresholds, info = choose_thresholds(validation.labels, probabilities, config.train.thresholds,
+                                         THRESHOLD_MIN_POSITIVES)
+    _log(f"multi-label thresholds chosen on {len(validation):,} validation documents ({config.train.thresholds}): "
+         f"global {info['global']:.2f} (validation micro-F1 {info['validation_micro_f1_at_global']:.4f}), "
+         f"{info['own_thresholds']} of {len(labels)} labels with their own "
+         f"(from {THRESHOLD_MIN_POSITIVES} validation documents)")
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({"threshold.global": info["global"],
+                            "val_micro_f1_at_threshold": info["validation_micro_f1_at_global"]})
+    return {"labels": labels, "thresholds": [float(t) for t in thresholds], "info": info}
 
 
 def resolved_config(config: PipelineConfig, prep_dir: Path) -> PipelineConfig:
@@ -652,12 +680,16 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
     with atomic_directory(out_dir) as staging:
         if log_model:
             model.save(staging / "model.keras")
+        thresholds = state.get("thresholds")
+        if thresholds is not None:
+            write_json(staging / "thresholds.json", thresholds)
         write_json(staging / "history.json", {"history": state["history"], "best_epoch": state["best_epoch"],
                                              "monitor": monitor, "best_value": state["best_value"],
                                              "stopped_early": state["stopped_early"]})
         plot_training_curves(state["history"], staging / "training_curves.png", best_epoch=state["best_epoch"])
         if log_model:
-            write_bundle(staging / "bundle", staging / "model.keras", prep_dir)
+            write_bundle(staging / "bundle", staging / "model.keras", prep_dir,
+                         thresholds=None if thresholds is None else thresholds["thresholds"])
         mlflow.log_artifact(str(staging / "history.json"), "train")
         mlflow.log_artifact(str(staging / "training_curves.png"), "train")
         mlflow.log_metrics({"best_epoch": float(state["best_epoch"]), f"best_{monitor}": float(state["best_value"]),
