@@ -18,7 +18,7 @@ STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-groups lint ui clean
+.PHONY: help install data reuters config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-groups lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -34,6 +34,9 @@ install: $(STAMP) ## create or refresh .venv from requirements.txt (every target
 
 data: $(STAMP) ## fetch BBC and IMDB into data/ (HAN_DATA_DIR), checking sha256 (DATASETS=bbc to pick, FORCE=1 to replace)
 	$(PY) -m pipeline.data.fetch --datasets $(DATASETS) $(if $(FORCE),--force)
+
+reuters: $(STAMP) ## convert Reuters-21578's SGML (HAN_DATA_DIR/reuters21578) to the ModApte JSONL configs/reuters.yaml reads (SOURCE=, OUT=)
+	$(PY) -m pipeline.data.reuters $(if $(SOURCE),--source "$(SOURCE)") $(if $(OUT),--out "$(OUT)")
 
 config: $(STAMP) ## inspect DATA=path (csv, jsonl, parquet, class folders, archive) and write configs/NAME.yaml for it (FORCE=1)
 	@test -n "$(DATA)" || { echo "usage: make config DATA=path/to/data.csv [NAME=name] [FORCE=1]  (docs/own-data.md)"; exit 2; }
