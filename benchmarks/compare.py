@@ -55,7 +55,10 @@ import numpy as np
 
 from pipeline.config import PROJECT_ROOT, PipelineConfig, data_root, load_config
 
-DATASETS = {"bbc": "configs/bbc.yaml", "imdb": "configs/imdb.yaml"}
+DATASETS = {"bbc": "configs/bbc.yaml", "imdb": "configs/imdb.yaml", "reuters": "configs/reuters.yaml"}
+# Multi-label datasets: scored by micro/macro-F1 (accuracy is the exact label set); the reference HAN (softmax,
+# one label) does not apply to them.
+MULTILABEL = ("reuters",)
 SYSTEMS = ("han", "reference_han", "tfidf_lr")
 QUICK_PER_CLASS = 30  # documents per class (and split) in --quick
 SEEDS = (42, 1, 2)
@@ -73,6 +76,7 @@ RESULT_PREFIX = "BENCH-RESULT "
 # Issue #9's targets, checked against every run's own figures (``targets``).
 SPEED_RATIO = 4.0             # training and batch inference, against the reference HAN in the same run
 ACCURACY = {"bbc": 0.985, "imdb": 0.915}
+MICRO_F1 = {"reuters": 0.85}  # issue #32
 TRAIN_MINUTES = 30.0          # word2vec and training together
 EXPLAIN_P50_MS = 50.0
 TRAIN_PEAK_MB = {"imdb": 1200.0}
@@ -88,6 +92,8 @@ def log(message: str) -> None:
 def quick_corpus(dataset: str, source: Path, target: Path, per_class: int = QUICK_PER_CLASS) -> Path:
     """A few real documents per class (and per split for IMDB) copied into ``target``."""
     out = target / f"{dataset}-quick"
+    if dataset == "reuters":
+        return quick_reuters(source, out, per_class)
     if dataset == "bbc":
         for folder in sorted(p for p in source.iterdir() if p.is_dir()):
             (out / folder.name).mkdir(parents=True, exist_ok=True)
@@ -109,6 +115,37 @@ def quick_corpus(dataset: str, source: Path, target: Path, per_class: int = QUIC
             (out / parts[1] / parts[2]).mkdir(parents=True, exist_ok=True)
             (out / parts[1] / parts[2] / parts[3]).write_bytes(archive.extractfile(member).read())
     return out
+
+
+def quick_reuters(source: Path, out: Path, per_class: int, topics: int = 10) -> Path:
+    """Stories whose topics are all among the ``topics`` most frequent: ``per_class`` x ``topics`` training and a
+    third as many test stories (so that no topic is in test alone), as JSON Lines."""
+    from collections import Counter
+
+    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()]
+    common = {label for label, _ in Counter(label for row in rows if row["split"] == "train"
+                                            for label in row["labels"]).most_common(topics)}
+    wanted = {"train": per_class * topics, "test": per_class * topics // 3}
+    kept: list[dict[str, Any]] = []
+    for row in rows:
+        if set(row["labels"]) <= common and wanted[row["split"]] > 0:
+            wanted[row["split"]] -= 1
+            kept.append(row)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "reuters-quick.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+    return path
+
+
+def reuters_jsonl(config: PipelineConfig) -> Path:
+    """The ModApte JSON Lines ``configs/reuters.yaml`` reads, made from the SGML in ``HAN_DATA_DIR`` when absent."""
+    from pipeline.data import reuters
+
+    path = Path(config.resolved_data_path())
+    if not path.is_file():
+        log(f"reuters: converting {data_root() / 'reuters21578'} to {path} (make reuters)")
+        reuters.convert(data_root() / "reuters21578", path)
+    return path
 
 
 def bench_config(dataset: str, quick: bool, data_path: str | None, extra: list[str] = (),
@@ -144,9 +181,18 @@ def limits_at_least_reference(config: PipelineConfig) -> list[str]:
 # ----------------------------------------------------------------------------- one system (child process)
 
 
-def _scores(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def _scores(y_true: np.ndarray, probabilities: np.ndarray, thresholds: Any = 0.5) -> dict[str, float]:
+    """accuracy and macro_f1; for multi-label targets (0/1 rows) also micro_f1, deciding each label at
+    ``thresholds`` as the evaluate stage does (accuracy: the exact label set)."""
     from sklearn.metrics import accuracy_score, f1_score
 
+    if np.asarray(y_true).ndim == 2:
+        from pipeline.metrics import multilabel_decisions
+
+        predicted = multilabel_decisions(probabilities, thresholds)
+        return {"accuracy": round(float(accuracy_score(y_true, predicted)), 4),
+                "micro_f1": round(float(f1_score(y_true, predicted, average="micro", zero_division=0)), 4),
+                "macro_f1": round(float(f1_score(y_true, predicted, average="macro", zero_division=0)), 4)}
     predicted = probabilities.argmax(axis=1)
     return {"accuracy": round(float(accuracy_score(y_true, predicted)), 4),
             "macro_f1": round(float(f1_score(y_true, predicted, average="macro")), 4)}
@@ -226,7 +272,9 @@ def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> d
     outputs = document_outputs(infer, documents, INFER_BATCH)
     infer_seconds = time.perf_counter() - started
     probabilities = np.stack([out["probabilities"] for out in outputs])
-    scores = {**_scores(test.labels, probabilities), "train_docs_per_s": round(len(train_split) * epochs / seconds, 1),
+    thresholds_path = trained.output_dir / "thresholds.json"  # a multi-label model's, chosen on validation
+    thresholds = json.loads(thresholds_path.read_text())["thresholds"] if thresholds_path.is_file() else 0.5
+    scores = {**_scores(test.labels, probabilities, thresholds), "train_docs_per_s": round(len(train_split) * epochs / seconds, 1),
               "train_seconds": round(seconds, 2), "word2vec_seconds": manifest.get("word2vec_seconds"), "epochs": epochs}
     if not full:
         return scores
@@ -412,12 +460,15 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     first = per_seed[0]
     summary = {key: value for key, value in first.items() if key != "seed"}
     summary["seeds"] = [r["seed"] for r in per_seed]
-    for metric in ("accuracy", "macro_f1"):
+    for metric in ("accuracy", "macro_f1", "micro_f1"):
+        if metric not in first:
+            continue
         values = [r[metric] for r in per_seed]
         summary[metric] = round(float(np.mean(values)), 4)
         summary[f"{metric}_seeds"] = values
         summary[f"{metric}_spread"] = round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else None
-    summary["per_seed"] = [{key: r.get(key) for key in ("seed", "accuracy", "macro_f1", "epochs", "train_seconds")}
+    summary["per_seed"] = [{key: r.get(key) for key in ("seed", "accuracy", "macro_f1", "micro_f1", "epochs", "train_seconds")
+                            if key in r}
                            for r in per_seed]
     return summary
 
@@ -471,7 +522,13 @@ def targets(dataset: str, systems: dict[str, dict[str, Any]]) -> list[dict[str, 
                 f"{ratio:.2f}x")
         row("accuracy_vs_reference", f"accuracy >= the reference's ({reference['accuracy']:.4f})", han["accuracy"],
             reference["accuracy"], han["accuracy"] >= reference["accuracy"], f"{han['accuracy']:.4f}")
-    if han and tfidf:
+    if han and tfidf and "micro_f1" in han:
+        wins = sum(h >= t for h, t in zip(han["micro_f1_seeds"], tfidf["micro_f1_seeds"], strict=True))
+        row("micro_f1_vs_baseline", f"HAN >= baseline: micro-F1 >= one-vs-rest TF-IDF + LR on the full text "
+            f"({tfidf['micro_f1']:.4f}), mean over seeds", han["micro_f1"], tfidf["micro_f1"],
+            han["micro_f1"] >= tfidf["micro_f1"], f"{han['micro_f1']:.4f} (ahead or level on {wins} of "
+            f"{len(han['micro_f1_seeds'])} seeds)")
+    elif han and tfidf:
         ahead = ""
         if len(han.get("accuracy_seeds") or []) == len(tfidf.get("accuracy_seeds") or []) > 0:
             wins = sum(h >= t for h, t in zip(han["accuracy_seeds"], tfidf["accuracy_seeds"], strict=True))
@@ -483,6 +540,9 @@ def targets(dataset: str, systems: dict[str, dict[str, Any]]) -> list[dict[str, 
         if dataset in ACCURACY:
             row("accuracy", f"accuracy >= {ACCURACY[dataset]}", han["accuracy"], ACCURACY[dataset],
                 han["accuracy"] >= ACCURACY[dataset], f"{han['accuracy']:.4f}")
+        if dataset in MICRO_F1 and "micro_f1" in han:
+            row("micro_f1", f"micro-F1 >= {MICRO_F1[dataset]}", han["micro_f1"], MICRO_F1[dataset],
+                han["micro_f1"] >= MICRO_F1[dataset], f"{han['micro_f1']:.4f}")
         minutes = (han["train_seconds"] + (han.get("word2vec_seconds") or 0.0)) / 60
         row("train_minutes", f"word2vec and training within {TRAIN_MINUTES:g} minutes", minutes, TRAIN_MINUTES,
             minutes <= TRAIN_MINUTES, f"{minutes:.1f} min")
@@ -527,12 +587,14 @@ def markdown(results: dict[str, Any]) -> str:
         split = results.get("splits", {}).get(dataset)
         if split:
             lines += [f"Split: {split}.", ""]
-        header = ["accuracy", "macro_f1", "accuracy per seed", *columns]
+        multilabel = any("micro_f1" in values for values in systems.values())
+        headline = "micro_f1" if multilabel else "accuracy"  # multi-label accuracy: the exact label set
+        header = [*(["micro_f1"] if multilabel else []), "accuracy", "macro_f1", f"{headline} per seed", *columns]
         lines += ["| system | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         for system, values in systems.items():
-            per_seed = " / ".join(f"{v:.4f}" for v in values.get("accuracy_seeds") or [])
-            cells = [_mean_spread(values, "accuracy"), _mean_spread(values, "macro_f1"), per_seed,
-                     *(str(values.get(c, "")) for c in columns)]
+            per_seed = " / ".join(f"{v:.4f}" for v in values.get(f"{headline}_seeds") or [])
+            cells = [*([_mean_spread(values, "micro_f1")] if multilabel else []), _mean_spread(values, "accuracy"),
+                     _mean_spread(values, "macro_f1"), per_seed, *(str(values.get(c, "")) for c in columns)]
             lines.append(f"| {system} | " + " | ".join(cells) + " |")
         han, reference = systems.get("han"), systems.get("reference_han")
         if han and reference:
@@ -620,7 +682,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="han-bench-") as scratch:
         for dataset in datasets:
             data_path = None
-            if args.quick:
+            if dataset == "reuters":
+                source = reuters_jsonl(bench_config(dataset, False, None))
+                if args.quick:
+                    data_path = str(quick_corpus(dataset, source, Path(scratch), args.per_class))
+            elif args.quick:
                 source = data_root() / ("bbc" if dataset == "bbc" else "aclImdb.tar.gz")
                 data_path = str(quick_corpus(dataset, source, Path(scratch), args.per_class))
             plan: list[tuple[int, list[str]]] = []
@@ -639,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
                 results["splits"].setdefault(dataset, split_words(config.stage_dir("preprocess")))
             results["datasets"][dataset] = {}
             for system in systems:
+                if system == "reference_han" and dataset in MULTILABEL:
+                    log(f"{dataset}: reference_han left out: it has one softmax label per document, {dataset} has label sets")
+                    continue
                 log(f"{dataset}: {system} over seeds {', '.join(map(str, seeds))} ...")
                 command = [sys.executable, "-m", "benchmarks.compare", "--child", system, "--dataset", dataset,
                            "--plan", json.dumps(plan)]
@@ -679,7 +748,7 @@ def _track(results: dict[str, Any], *paths: Path) -> None:
                    for s, values in systems.items() for k, v in values.items() if isinstance(v, int | float)}
         metrics.update({f"{d}.{s}.{k.removesuffix('_seeds')}.seed{seed}": float(v)
                         for d, systems in results["datasets"].items() for s, values in systems.items()
-                        for k in ("accuracy_seeds", "macro_f1_seeds")
+                        for k in ("accuracy_seeds", "macro_f1_seeds", "micro_f1_seeds")
                         for seed, v in zip(values.get("seeds", []), values.get(k) or [], strict=False)})
         metrics.update({f"{d}.target_met.{r['key']}": float(r["met"]) for d, rows in results.get("targets", {}).items()
                         for r in rows})
