@@ -266,3 +266,27 @@ def test_the_raw_text_model_returns_label_sets(topics):
     assert sorted(answers["label"][0]) == ["health", "sport"] and answers["label"][1] == ["tech"]
     assert answers["label"][2] is None and answers["error"][2]
     assert set(answers["probabilities"][0]) == set(TOPICS)
+
+
+def test_rest_serving_returns_label_sets(topics):
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipeline.config import PROJECT_ROOT
+    from tests.servers import free_port, server_process
+
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline", "serve", *set_args([*topics.overrides, f"serve.port={port}"])]
+    url = f"http://127.0.0.1:{port}"
+    with server_process(command, ready_url=f"{url}/ping", describe=lambda p: p.stdout.read(), cwd=PROJECT_ROOT,
+                        env={**os.environ, **topics.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True):
+        body = json.dumps({"dataframe_records": [
+            {"text": "The senator opposed the bill. The coach praised the goalkeeper. More details are expected soon."}]})
+        request = urllib.request.Request(f"{url}/invocations", data=body.encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())["predictions"][0]
+    assert sorted(answer["label"]) == ["politics", "sport"]
+    assert set(answer["probabilities"]) == set(TOPICS) and len(answer["sentence_weights"]) == len(answer["sentences"])
