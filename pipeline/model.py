@@ -675,13 +675,29 @@ def inference_function(model: keras.Model):
     sentence and word dimensions runs the same computation several times faster, without a new
     trace for each batch shape (which ``model.predict`` would do). Outputs as ``model``'s.
     """
+    import logging
+
     import tensorflow as tf
+
+    # Each model gets its own graph, traced once; TensorFlow counts the traces of every model's ``infer``
+    # together and, from the fifth model in a process (a pipeline run loads several), calls it retracing.
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _OneTracePerModel) for f in logger.filters):
+        logger.addFilter(_OneTracePerModel())
 
     @tf.function(input_signature=[tf.TensorSpec((None, None, None), tf.int32, name="token_ids")])
     def infer(token_ids):
         return model(token_ids, training=False)
 
     return infer
+
+
+class _OneTracePerModel:
+    """Drops TensorFlow's retracing warning about ``inference_function``'s ``infer`` (one trace per model)."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not ("inference_function.<locals>.infer" in message and "retracing" in message)
 
 
 def load_han(path: str | Path) -> keras.Model:
