@@ -216,7 +216,12 @@ def headline(metrics: dict[str, Any]) -> str:
 
 def judge(gate: GateConfig, model: dict[str, Any], baseline: dict[str, Any] | None,
           champion: dict[str, Any] | None) -> dict[str, Any]:
-    """The gate: every check with its value, threshold and outcome; passed when all pass."""
+    """The gate: every check with its value, threshold and outcome; passed when all pass.
+
+    A gate built outside a pipeline config may still say ``auto``: label-set metrics (they carry a Hamming loss)
+    are compared on micro-F1, single labels on macro-F1, as ``PipelineConfig`` resolves it.
+    """
+    metric = gate.metric if gate.metric != "auto" else ("micro_f1" if "hamming_loss" in model else "macro_f1")
     checks = [
         {"check": "min_accuracy", "value": model["accuracy"], "threshold": gate.min_accuracy,
          "passed": model["accuracy"] >= gate.min_accuracy},
@@ -228,18 +233,18 @@ def judge(gate: GateConfig, model: dict[str, Any], baseline: dict[str, Any] | No
             checks.append({"check": "beat_baseline", "passed": False,
                            "note": "evaluate.baseline.enabled is false, so the baseline cannot be compared"})
         else:
-            checks.append({"check": "beat_baseline", "value": model[gate.metric], "threshold": baseline[gate.metric],
-                           "passed": model[gate.metric] > baseline[gate.metric]})
+            checks.append({"check": "beat_baseline", "value": model[metric], "threshold": baseline[metric],
+                           "passed": model[metric] > baseline[metric]})
     if champion is not None:
         if champion.get("same_version"):
             checks.append({"check": "beat_champion", "passed": True, "note": "this model version is the champion"})
         elif not champion["comparable"]:
             checks.append({"check": "beat_champion", "passed": False, "note": champion["reason"]})
         else:
-            needed = champion["metrics"][gate.metric] + gate.champion_margin
-            checks.append({"check": "beat_champion", "metric": gate.metric, "value": model[gate.metric],
+            needed = champion["metrics"][metric] + gate.champion_margin
+            checks.append({"check": "beat_champion", "metric": metric, "value": model[metric],
                            "threshold": needed, "champion_version": champion["version"],
-                           "passed": model[gate.metric] >= needed - 1e-12})
+                           "passed": model[metric] >= needed - 1e-12})
     reasons = [_reason(check) for check in checks]
     return {"passed": all(check["passed"] for check in checks), "checks": checks, "reasons": reasons,
             "champion": None if champion is None else champion.get("version")}
