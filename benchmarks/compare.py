@@ -187,7 +187,7 @@ def _scores(y_true: np.ndarray, probabilities: np.ndarray, thresholds: Any = 0.5
     from sklearn.metrics import accuracy_score, f1_score
 
     if np.asarray(y_true).ndim == 2:
-        from pipeline.metrics import multilabel_decisions
+        from pipeline.evaluation.metrics import multilabel_decisions
 
         predicted = multilabel_decisions(probabilities, thresholds)
         return {"accuracy": round(float(accuracy_score(y_true, predicted)), 4),
@@ -252,9 +252,9 @@ def han_training_flops(config: PipelineConfig, words: int, sentences: int) -> fl
 
 def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> dict[str, Any]:
     """Our HAN: the train stage, then the test split's scores; with ``full``, its speed, latency and FLOP/s too."""
-    from pipeline.model import document_outputs, inference_function, load_han
-    from pipeline.serving import RawTextClassifier
-    from pipeline.shards import load_split
+    from pipeline.data.shards import load_split
+    from pipeline.model.han import document_outputs, inference_function, load_han
+    from pipeline.serving.bundle import RawTextClassifier
     from pipeline.stages import train
 
     prep = config.stage_dir("preprocess")
@@ -318,10 +318,10 @@ def run_reference(config: PipelineConfig, full: bool = True, quick: bool = False
     import tensorflow as tf
 
     from benchmarks.reference_han import MAX_SENTENCES, MAX_WORDS, build_reference_han, pad_fixed
-    from pipeline.serving import RawTextClassifier
-    from pipeline.shards import load_split
-    from pipeline.text import TextProcessor
-    from pipeline.vocab import Vocabulary
+    from pipeline.data.shards import load_split
+    from pipeline.data.text import TextProcessor
+    from pipeline.data.vocab import Vocabulary
+    from pipeline.serving.bundle import RawTextClassifier
 
     keras.utils.set_random_seed(config.seed)
     prep = config.stage_dir("preprocess")
@@ -388,7 +388,7 @@ def run_reference(config: PipelineConfig, full: bool = True, quick: bool = False
 def run_tfidf(config: PipelineConfig, full: bool = True, quick: bool = False) -> dict[str, Any]:
     """TF-IDF + logistic regression as the evaluate stage runs it (``evaluate.baseline``; the benchmark sets
     ``input: full_text``): the full raw text of the same split's documents."""
-    from pipeline.shards import load_split
+    from pipeline.data.shards import load_split
     from pipeline.stages.evaluate import run_baseline
 
     prep = config.stage_dir("preprocess")
@@ -426,7 +426,7 @@ def _each_seed(run, clear_session: bool = False):
 def reference_seeds(configs: list[PipelineConfig], quick: bool):
     """The reference HAN over the seeds, one compiled model for all of them: its embedding is sized for the
     largest of the seeds' vocabularies (rows past a seed's vocabulary are never read)."""
-    from pipeline.vocab import Vocabulary
+    from pipeline.data.vocab import Vocabulary
 
     vocab_size = max(len(Vocabulary.load(config.stage_dir("preprocess") / "vocab.json")) for config in configs)
     state: dict[str, Any] = {}

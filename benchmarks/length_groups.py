@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.model import build_han, compile_han, document_outputs, inference_function
-    from pipeline.shards import TrainingStream, shard_paths
+    from pipeline.data.shards import TrainingStream, shard_paths
+    from pipeline.model.han import build_han, compile_han, document_outputs, inference_function
 
     paths = shard_paths(args.prep, "train")
     if not paths:

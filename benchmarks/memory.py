@@ -8,7 +8,7 @@ as a JSON Lines file, so the larger one is the same text four times over. For ea
 fresh process each (peak RSS is ``VmHWM`` of that process alone):
 
 - ``preprocess``: the real preprocess stage, streaming, with its default shard size;
-- ``stream``: one whole epoch of the training input (``pipeline.shards.TrainingStream`` through
+- ``stream``: one whole epoch of the training input (``pipeline.data.shards.TrainingStream`` through
   ``tf.data``, no model), so every shard of the larger corpus is read;
 - ``train``: the real train stage, default model, one epoch cut to ``--steps`` batches (the
   validation split, 10% of the corpus, is evaluated in full).
@@ -76,7 +76,7 @@ def child(step: str, corpus: Path, documents: int, steps: int) -> dict[str, Any]
         detail = {"documents": manifest["counts"]["input"], "kept": manifest["counts"]["kept"]}
     elif step == "stream":
         from pipeline.artifacts import read_json
-        from pipeline.shards import TrainingStream, shard_paths, training_dataset
+        from pipeline.data.shards import TrainingStream, shard_paths, training_dataset
 
         prep = config.stage_dir("preprocess")
         stats = read_json(prep / "stats.json")

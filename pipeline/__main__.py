@@ -99,7 +99,7 @@ def cmd_promote(config: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from pipeline.serve import serve_command
+    from pipeline.serving.serve import serve_command
 
     command = serve_command(config)
     print(f"serve: {command.model_uri} (version {command.version}) at {command.url}/invocations", flush=True)
@@ -122,7 +122,7 @@ def cmd_explain(config: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_predict(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from pipeline import predict
+    from pipeline.serving import predict
 
     texts = predict.read_inputs(args.text, args.file)
     results = predict.predict(config, texts, model_uri=args.model)
@@ -132,7 +132,7 @@ def cmd_predict(config: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(config: PipelineConfig, args: argparse.Namespace) -> int:
-    from pipeline import sweep
+    from pipeline.stages import sweep
     from pipeline.tracking import run_url
 
     result = sweep.run(args.config, args.overrides, args.grid, args.seeds, args.metric)

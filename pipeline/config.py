@@ -250,7 +250,7 @@ class AttentionConfig(_Strict):
 
 
 class Word2VecConfig(_Strict):
-    """Skip-gram word2vec on the training split before the HAN trains (``pipeline.word2vec``)."""
+    """Skip-gram word2vec on the training split before the HAN trains (``pipeline.model.word2vec``)."""
 
     epochs: int = Field(0, ge=0, le=100, description="passes over the training split; 0 = off (random embeddings)")
     window: int = Field(5, ge=1, le=20)
@@ -393,7 +393,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1, le=65_536, description="documents per replica per step (global batch = this x replicas)")
     optimizer: Literal["adam", "lazy_adam", "sgd", "auto"] = Field(
         "auto",
-        description="lazy_adam: Adam that updates only the embedding rows each batch used (pipeline/optimizers.py); "
+        description="lazy_adam: Adam that updates only the embedding rows each batch used (pipeline/model/optimizers.py); "
         "much cheaper per step with a large vocabulary. auto: lazy_adam from AUTO_LAZY_ADAM_MIN_VOCABULARY words, adam "
         "below",
     )
@@ -446,7 +446,7 @@ class GateConfig(_Strict):
 
 
 class BaselineConfig(_Strict):
-    """TF-IDF + logistic regression on the same split (``pipeline.metrics.tfidf_baseline``): the bar a HAN has to clear."""
+    """TF-IDF + logistic regression on the same split (``pipeline.evaluation.metrics.tfidf_baseline``): the bar a HAN has to clear."""
 
     enabled: bool = True
     input: Literal["full_text", "tokens"] = Field(

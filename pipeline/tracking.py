@@ -570,7 +570,7 @@ def log_pipeline_summary(config: PipelineConfig, stages: Sequence[str]) -> dict[
         tags.update({"han.verdict": decision["verdict"], "han.registered_model": decision["registered_model"],
                      "han.model_version": str(decision["version"]), "han.champion": str(decision["champion_after"])})
     if "explain" in stages:
-        from pipeline.faithfulness import flat_metrics
+        from pipeline.evaluation.faithfulness import flat_metrics
 
         faith = read_json(config.stage_dir("explain") / "faithfulness.json")
         metrics.update(flat_metrics(faith))

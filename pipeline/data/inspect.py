@@ -34,8 +34,8 @@ from pipeline.data.readers import (
     split_of_name,
 )
 from pipeline.data.records import RawDocument, Rejected
+from pipeline.data.text import LineFilter
 from pipeline.data.validate import Validator
-from pipeline.text import LineFilter
 
 SAMPLE_RECORDS = 2000
 MAX_LABELS = 50  # more distinct values than this, and an unnamed column is not taken for a label

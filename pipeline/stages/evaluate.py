@@ -58,7 +58,7 @@ def _log(message: str) -> None:
 # --------------------------------------------------------------------------- predictions
 def predict_probabilities(model, split, batch_size: int) -> np.ndarray:
     """``(documents, classes)`` probabilities of the model over an encoded split, in document order."""
-    from pipeline.model import document_outputs, inference_function
+    from pipeline.model.han import document_outputs, inference_function
 
     outputs = document_outputs(inference_function(model), split.documents(), batch_size)
     return np.stack([out["probabilities"] for out in outputs])
@@ -100,8 +100,8 @@ def run_baseline(config: PipelineConfig, prep_dir: Path, test) -> tuple[np.ndarr
     It learns from the training split (and the validation split with ``fit_on: train_validation``) and
     reads either the documents' full text or the HAN's encoded tokens (``input``).
     """
-    from pipeline.metrics import tfidf_baseline
-    from pipeline.shards import load_split
+    from pipeline.data.shards import load_split
+    from pipeline.evaluation.metrics import tfidf_baseline
 
     settings = config.evaluate.baseline
     vocab_tokens = read_json(prep_dir / "vocab.json")["tokens"] if settings.input == "tokens" else None
@@ -148,7 +148,7 @@ def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list
     (loaded only when its files are those recorded at its registration)."""
     import pandas as pd
 
-    from pipeline.metrics import classification_metrics, multilabel_metrics
+    from pipeline.evaluation.metrics import classification_metrics, multilabel_metrics
     from pipeline.registry import ModelIntegrityError, verified_model
 
     # Blank lines are paragraph breaks: each stored sentence stays one sentence when re-read.
@@ -186,8 +186,8 @@ def score_champion(config: PipelineConfig, version, prep_dir: Path, labels: list
 
 def request_batches(texts: list[str]) -> list[list[str]]:
     """``texts`` in consecutive requests that each stay within the raw-text model's limits
-    (``pipeline.serving.request_limits``: texts and characters per request)."""
-    from pipeline.serving import request_limits
+    (``pipeline.serving.bundle.request_limits``: texts and characters per request)."""
+    from pipeline.serving.bundle import request_limits
 
     max_texts, max_characters = request_limits()
     batches: list[list[str]] = []
@@ -259,10 +259,10 @@ def _reason(check: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def run(config: PipelineConfig) -> EvaluateResult:
-    from pipeline.metrics import classification_metrics, multilabel_metrics
-    from pipeline.model import load_han
+    from pipeline.data.shards import load_split
+    from pipeline.evaluation.metrics import classification_metrics, multilabel_metrics
+    from pipeline.model.han import load_han
     from pipeline.runtime import apply_runtime
-    from pipeline.shards import load_split
 
     apply_runtime(config.resolved().runtime)
     prep_dir = config.stage_dir("preprocess")
@@ -349,7 +349,7 @@ def run(config: PipelineConfig) -> EvaluateResult:
 
 
 def _write_outputs(directory: Path, test, labels, probabilities, metrics, baseline, bins) -> None:
-    from pipeline.metrics import plot_reliability, write_confusion_matrix
+    from pipeline.evaluation.metrics import plot_reliability, write_confusion_matrix
 
     predicted = probabilities.argmax(axis=1)
     with open(directory / "predictions.jsonl", "w", encoding="utf-8") as handle:
@@ -368,7 +368,7 @@ def _write_outputs(directory: Path, test, labels, probabilities, metrics, baseli
 
 
 def _write_multilabel_outputs(directory: Path, test, labels, probabilities, thresholds, metrics, baseline) -> None:
-    from pipeline.metrics import multilabel_decisions, plot_label_f1
+    from pipeline.evaluation.metrics import multilabel_decisions, plot_label_f1
 
     predicted = multilabel_decisions(probabilities, thresholds)
     with open(directory / "predictions.jsonl", "w", encoding="utf-8") as handle:
@@ -388,7 +388,7 @@ def _track(config: PipelineConfig, out_dir: Path, result: dict[str, Any], regist
     split as its dataset, the verdict on the registered version."""
     import mlflow
 
-    from pipeline.metrics import flat_metrics
+    from pipeline.evaluation.metrics import flat_metrics
     from pipeline.tracking import log_datasets, stage_run
 
     verdict = result["gate"]

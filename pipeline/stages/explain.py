@@ -4,7 +4,7 @@ whether that attention is faithful to the model's decisions.
 Output: ``artifacts/<name>/explain/`` (or ``explain-input/`` for ``--file``/``--text``):
 
 - ``explanations.jsonl``: one record per document (sentences, sentence weights, words with
-  weights, predicted label, probabilities, true label when known), see ``pipeline.report``;
+  weights, predicted label, probabilities, true label when known), see ``pipeline.evaluation.report``;
 - ``report.html``: one self-contained page with sentence and word heatmaps (the HAN paper's
   figure), filters for class, correct/incorrect and confidence, and the plots: the evaluate stage's
   (when it evaluated this model) and the faithfulness one;
@@ -52,7 +52,7 @@ def _log(message: str) -> None:
 def probabilities_fn(infer, batch_size: int):
     """``documents -> probabilities`` for the faithfulness measures."""
 
-    from pipeline.model import document_outputs
+    from pipeline.model.han import document_outputs
 
     def predict(documents: list[list[np.ndarray]]) -> np.ndarray:
         return np.stack([out["probabilities"] for out in document_outputs(infer, documents, batch_size)])
@@ -62,7 +62,7 @@ def probabilities_fn(infer, batch_size: int):
 
 def record(doc_id: str, label: str | list[str] | None, labels: list[str], sentences: list[str], words: list[list[str]],
            outputs: dict[str, Any], truncated: bool, thresholds: list[float] | None = None) -> dict[str, Any]:
-    """One explanation record (the schema in ``pipeline.report``).
+    """One explanation record (the schema in ``pipeline.evaluation.report``).
 
     ``sentences`` are the sentences as written (what the report shows), ``words`` their tokens as
     the model read them (what the weights are of). ``thresholds``: a multi-label model's; ``predicted``
@@ -72,7 +72,7 @@ def record(doc_id: str, label: str | list[str] | None, labels: list[str], senten
     if thresholds is None:
         predicted: str | list[str] = labels[int(np.argmax(probabilities))]
     else:
-        from pipeline.metrics import multilabel_decisions
+        from pipeline.evaluation.metrics import multilabel_decisions
 
         chosen = multilabel_decisions(probabilities[None, :], thresholds)[0]
         predicted = [name for name, on in zip(labels, chosen, strict=True) if on]
@@ -100,16 +100,15 @@ def add_label_evidence(explanations: list[dict[str, Any]], documents: list[list[
     probability most (``label_evidence``: ``{label: {"sentence": i, "drop": p - p_without}}``), since one
     attention distribution serves every label. ``predict``: documents -> probabilities (``probabilities_fn``).
     One-sentence documents get none (removing the only sentence leaves nothing to read)."""
-    from pipeline.faithfulness import remove_sentences
+    from pipeline.evaluation.faithfulness import remove_sentences
 
-    variants, owners = [], []
-    for index, document in enumerate(documents):
+    variants = []
+    for document in documents:
         if len(document) > 1:
             variants += [remove_sentences(document, [i]) for i in range(len(document))]
-            owners += [(index, i) for i in range(len(document))]
     without = predict(variants) if variants else np.zeros((0, len(labels)))
     start = 0
-    for index, (explanation, document) in enumerate(zip(explanations, documents, strict=True)):
+    for explanation, document in zip(explanations, documents, strict=True):
         if len(document) <= 1:
             explanation["label_evidence"] = {}
             continue
@@ -122,7 +121,7 @@ def add_label_evidence(explanations: list[dict[str, Any]], documents: list[list[
             best = int(np.argmax(drops))
             evidence[label] = {"sentence": best, "drop": round(float(drops[best]), 6)}
         explanation["label_evidence"] = evidence
-    assert start == len(owners)
+    assert start == len(variants)
 
 
 def _report_selection(explanations: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -171,7 +170,7 @@ def evaluate_figures(config: PipelineConfig) -> tuple[list[tuple[str, Path]], li
 
 def read_texts(text: str | None, file: str | None) -> tuple[list[str], list[str | None] | None]:
     """``--text`` or ``--file`` (``.jsonl``: one ``{"text", "label"?}`` per line; else one document)."""
-    from pipeline.predict import read_inputs
+    from pipeline.serving.predict import read_inputs
 
     if file is None or not file.endswith(".jsonl"):
         return read_inputs(text, file), None
@@ -210,8 +209,8 @@ def run(config: PipelineConfig, texts: list[str] | None = None, labels_given: li
 
 
 def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[str | None] | None) -> ExplainResult:
-    from pipeline.report import class_summary, write_report
-    from pipeline.serving import RawTextClassifier
+    from pipeline.evaluation.report import class_summary, write_report
+    from pipeline.serving.bundle import RawTextClassifier
 
     classifier = RawTextClassifier.from_directory(config.stage_dir("train") / "bundle")
     labels = list(classifier.labels)
@@ -248,10 +247,10 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
 
 
 def _explain_test_split(config: PipelineConfig) -> ExplainResult:
-    from pipeline.faithfulness import evidence_hit_rate, faithfulness
-    from pipeline.model import document_outputs, inference_function, load_han
-    from pipeline.shards import load_split
-    from pipeline.text import TextProcessor
+    from pipeline.data.shards import load_split
+    from pipeline.data.text import TextProcessor
+    from pipeline.evaluation.faithfulness import evidence_hit_rate, faithfulness
+    from pipeline.model.han import document_outputs, inference_function, load_han
 
     started = time.perf_counter()
     prep_dir = config.stage_dir("preprocess")
@@ -305,7 +304,7 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
 
 
 def _faithfulness_line(faith: dict[str, Any], measure: str = "comprehensiveness") -> str:
-    """One measure per k, attention's top-k sentences against k random ones (``pipeline.faithfulness``)."""
+    """One measure per k, attention's top-k sentences against k random ones (``pipeline.evaluation.faithfulness``)."""
     parts = []
     for k in faith["ks"]:
         key = str(k)
@@ -320,8 +319,8 @@ def _faithfulness_line(faith: dict[str, Any], measure: str = "comprehensiveness"
 def _write(config: PipelineConfig, explanations, labels, faith, started) -> ExplainResult:
     import mlflow
 
-    from pipeline.faithfulness import flat_metrics, plot_faithfulness
-    from pipeline.report import class_summary, write_report
+    from pipeline.evaluation.faithfulness import flat_metrics, plot_faithfulness
+    from pipeline.evaluation.report import class_summary, write_report
     from pipeline.tracking import stage_run
 
     summary_by_class = class_summary(explanations, labels, config.explain.top_n)

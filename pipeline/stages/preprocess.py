@@ -289,14 +289,14 @@ _WORKER_PROCESSOR = None
 
 
 def _warm_worker() -> None:
-    import pipeline.text  # noqa: F401  (NLTK's import is the slow part of a worker's start)
+    import pipeline.data.text  # noqa: F401  (NLTK's import is the slow part of a worker's start)
 
 
 def _process_chunk(processor_path: str, texts: list[str]) -> list[tuple[list[str], list[list[str]]]]:
     """Tokenize in a worker; each worker loads the processor (JSON) once, by path."""
     global _WORKER_PROCESSOR
     if _WORKER_PROCESSOR is None or _WORKER_PROCESSOR[0] != processor_path:
-        from pipeline.text import TextProcessor
+        from pipeline.data.text import TextProcessor
 
         _WORKER_PROCESSOR = (processor_path, TextProcessor.load(processor_path))
     return [_WORKER_PROCESSOR[1].sentences_and_tokens(text) for text in texts]
@@ -366,14 +366,14 @@ def _dropped_note(processor, text: str) -> str:
 
 
 def _line_filter(config: PipelineConfig):
-    from pipeline.text import LineFilter
+    from pipeline.data.text import LineFilter
 
     return LineFilter(config.preprocess.drop_header, config.preprocess.drop_lines)
 
 
 def _build_processor(config: PipelineConfig, train_indices: list[int], spool: Path):
     """The text processor; Punkt, when trained, learns from (a seeded sample of) the training split."""
-    from pipeline.text import SentenceSplitter, TextProcessor, WordTokenizer, normalize_text
+    from pipeline.data.text import SentenceSplitter, TextProcessor, WordTokenizer, normalize_text
 
     settings = config.preprocess
     splitter = None
@@ -548,9 +548,9 @@ def run(config: PipelineConfig, force: bool = False) -> PreprocessResult:
 
 def _process(config: PipelineConfig, staging: Path, spool: Path, out_dir: Path, fingerprint: str,
              inputs: dict[str, str], started: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    from pipeline.data.shards import ShardWriter
     from pipeline.data.validate import write_quarantine
-    from pipeline.shards import ShardWriter
-    from pipeline.vocab import Vocabulary
+    from pipeline.data.vocab import Vocabulary
 
     kept_spool, tokens_spool = spool / "kept.jsonl", spool / "tokens.jsonl"
     dropped: Counter[str] = Counter(documents=0, lines=0, characters=0)

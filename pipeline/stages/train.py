@@ -4,13 +4,13 @@ Input: ``artifacts/<name>/preprocess/`` (the encoded splits, vocabulary, labels,
 Output: ``artifacts/<name>/train/``:
 
 - ``model.keras``: the full model (probabilities + attention weights) with the best epoch's weights;
-- ``bundle/``: the model with everything needed to read raw text (``pipeline.serving``);
+- ``bundle/``: the model with everything needed to read raw text (``pipeline.serving.bundle``);
 - ``history.json``, ``training_curves.png``, ``manifest.json`` (fingerprint, best epoch, MLflow
   run id, registered model version).
 
-Training batches stream from the preprocessed shards through ``tf.data`` (``pipeline.shards``),
+Training batches stream from the preprocessed shards through ``tf.data`` (``pipeline.data.shards``),
 bucketed by length and padded only to their own maxima, with bounded memory; the order of each
-epoch is drawn from ``(seed, epoch)``. Under ``train.distribute`` (``pipeline.distribute``) the
+epoch is drawn from ``(seed, epoch)``. Under ``train.distribute`` (``pipeline.training.distribute``) the
 chief alone logs, checkpoints and writes outputs. After every epoch the stage
 writes a checkpoint to ``artifacts/<name>/train.resume/`` (all model variables, including the
 dropout seed states, the optimizer state, history and early-stopping state); a run that is
@@ -60,7 +60,7 @@ class TrainError(RuntimeError):
 
 @dataclass(frozen=True)
 class SweepTrial:
-    """Where a sweep trial (``pipeline.sweep``) trains instead of the stage's own folders.
+    """Where a sweep trial (``pipeline.stages.sweep``) trains instead of the stage's own folders.
 
     Its outputs (``history.json``, ``training_curves.png``, ``manifest.json``; no model file, no
     bundle) go to ``output_dir``, its checkpoints beside it, and its MLflow run, named
@@ -126,7 +126,7 @@ def build_optimizer(train: TrainConfig, steps_per_epoch: int):
     if train.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=rate, momentum=train.momentum, global_clipnorm=train.clipnorm)
     if train.optimizer == "lazy_adam":
-        from pipeline.optimizers import LazyAdam
+        from pipeline.model.optimizers import LazyAdam
 
         return LazyAdam(learning_rate=rate, global_clipnorm=train.clipnorm)
     return keras.optimizers.Adam(learning_rate=rate, global_clipnorm=train.clipnorm)
@@ -241,7 +241,7 @@ def run(config: PipelineConfig, force: bool = False, trial: SweepTrial | None = 
 
     ``trial``: train as one trial of a sweep (``SweepTrial``), always anew.
     """
-    from pipeline.shards import load_split, shard_paths
+    from pipeline.data.shards import load_split, shard_paths
 
     prep_dir, prep_manifest = preprocess_outputs(config)
     out_dir = config.stage_dir("train") if trial is None else trial.output_dir
@@ -290,12 +290,12 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
 
     import mlflow
 
-    from pipeline import distribute
-    from pipeline.batching import bucketed_batches, document_sizes, make_dataset, without_autotune
-    from pipeline.model import build_han, compile_han, load_pretrained_embeddings
+    from pipeline.data.batching import bucketed_batches, document_sizes, make_dataset, without_autotune
+    from pipeline.data.shards import TrainingStream, training_dataset
+    from pipeline.model.han import build_han, compile_han, load_pretrained_embeddings
     from pipeline.runtime import apply_runtime, release_free_memory
-    from pipeline.shards import TrainingStream, training_dataset
     from pipeline.tracking import log_datasets, stage_run
+    from pipeline.training import distribute
 
     resolved = resolved_config(config, prep_dir)  # every auto setting chosen from the preprocessed corpus
     settings = resolved.train
@@ -482,9 +482,9 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
 
 def decision_thresholds(config: PipelineConfig, model, validation, labels: list[str]) -> dict[str, Any]:
     """Multi-label: the probability above which each label is predicted (``train.thresholds``), chosen on the
-    validation split to maximise F1 (``pipeline.metrics.choose_thresholds``); 0.5 without a validation split."""
+    validation split to maximise F1 (``pipeline.evaluation.metrics.choose_thresholds``); 0.5 without a validation split."""
     from pipeline.config import THRESHOLD_MIN_POSITIVES
-    from pipeline.metrics import choose_thresholds
+    from pipeline.evaluation.metrics import choose_thresholds
     from pipeline.stages.evaluate import predict_probabilities
 
     if len(validation) == 0:
@@ -547,7 +547,7 @@ def saved_model(trained, model: ModelConfig, vocab_size: int, num_classes: int):
     The length groups run the same layers on different slices of a batch, so the two models hold the
     same variables in the same order; only the number of groups (a constant of the graph) differs.
     """
-    from pipeline.model import build_han
+    from pipeline.model.han import build_han
 
     if "auto" in (model.word_buckets, model.train_word_buckets):
         model = model.resolved()
@@ -566,7 +566,7 @@ def _word2vec_key(config: PipelineConfig, preprocess_manifest: dict[str, Any]) -
 
 
 def _learn_word2vec(config: PipelineConfig, paths: list[Path], vocab_tokens: list[str]):
-    from pipeline.word2vec import train_word2vec
+    from pipeline.model.word2vec import train_word2vec
 
     settings = config.model.embedding.word2vec
     _log(f"word2vec: learning {config.model.embedding.dim}-dimensional vectors for {len(vocab_tokens):,} tokens "
@@ -581,7 +581,7 @@ def _log_word2vec(result, vocab_tokens: list[str]) -> None:
     """Loss per epoch, time, and each of a few words' nearest neighbours: a quick read of whether the vectors mean anything."""
     import mlflow
 
-    from pipeline.word2vec import nearest_neighbours
+    from pipeline.model.word2vec import nearest_neighbours
 
     for epoch, loss in enumerate(result.losses, start=1):
         mlflow.log_metric("word2vec_loss", loss, step=epoch)
@@ -674,8 +674,8 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
     bundle, MLflow model or registered version."""
     import mlflow
 
-    from pipeline.metrics import plot_training_curves
-    from pipeline.serving import write_bundle
+    from pipeline.evaluation.metrics import plot_training_curves
+    from pipeline.serving.bundle import write_bundle
 
     with atomic_directory(out_dir) as staging:
         if log_model:
@@ -729,7 +729,7 @@ def _log_model(config, key, prep_dir, staging, model, state, run) -> tuple[str, 
     """Log the Keras model and the raw-text model to the run, register the latter; its URI and version."""
     import mlflow
 
-    from pipeline.serving import log_raw_text_model
+    from pipeline.serving.bundle import log_raw_text_model
 
     _log_keras_model(model)
     earlier = _version_of_earlier_attempt(config.tracking.registered_model, state["runs"][:-1])
@@ -801,7 +801,7 @@ def _log_existing(config: PipelineConfig, out_dir: Path, manifest: dict[str, Any
     rewrite the manifest's ``mlflow`` section to name them."""
     import mlflow
 
-    from pipeline.model import load_han
+    from pipeline.model.han import load_han
     from pipeline.tracking import stage_run
 
     prep_dir = config.stage_dir("preprocess")
@@ -854,7 +854,7 @@ def _log_keras_model(model) -> None:
             TensorSpec(np.dtype(np.float32), (-1, -1, -1), "word_weights"),
         ]),
     )
-    from pipeline.serving import pinned_requirements
+    from pipeline.serving.bundle import pinned_requirements
 
     mlflow.keras.log_model(model, name="keras-model", signature=signature,
                            pip_requirements=pinned_requirements(("tensorflow", "keras", "numpy")))

@@ -49,7 +49,7 @@ def test_without_a_preprocessed_corpus_auto_is_the_small_corpus_choice(tmp_path,
 
 
 def test_a_model_built_outside_the_train_stage_takes_the_small_corpus_choice():
-    from pipeline.model import build_han
+    from pipeline.model.han import build_han
 
     model = build_han(ModelConfig(embedding={"dim": 4}, word_units=2, sentence_units=2,
                                   word_attention={"context_dim": 2}, sentence_attention={"context_dim": 2}), 10, 2)

@@ -129,7 +129,7 @@ REAL = "E0000 00:00:1796321817.300000   11729 op_kernel.cc:1857] Could not load 
 
 def test_tensorflow_start_up_output_goes_to_the_log_not_the_console():
     code = """
-        import pipeline.model  # imports Keras, hence TensorFlow
+        import pipeline.model.han  # imports Keras, hence TensorFlow
         import tensorflow as tf
         print(len(tf.config.list_physical_devices("CPU")), float(tf.constant(1.0) + 1.0))
     """

@@ -51,7 +51,7 @@ def _texts(workspace, count: int = 3) -> list[str]:
 
 
 def test_the_served_champion_answers_like_predict(server, monkeypatch):
-    from pipeline.predict import predict
+    from pipeline.serving.predict import predict
 
     url, workspace = server
     texts = _texts(workspace)

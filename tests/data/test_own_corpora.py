@@ -12,9 +12,9 @@ import pytest
 from pipeline.config import ConfigError, load_config
 from pipeline.data.readers import ReadReport, read_corpus, read_documents
 from pipeline.data.records import RawDocument, Rejected
+from pipeline.data.text import LineFilter, TextProcessor
 from pipeline.stages import preprocess
 from pipeline.stages.preprocess import PreprocessError
-from pipeline.text import LineFilter, TextProcessor
 
 TOPICS = {
     "sci.space": ["The rocket reached orbit after the launch.", "The shuttle crew repaired the telescope."],

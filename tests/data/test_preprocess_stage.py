@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import shards
 from pipeline.config import load_config
+from pipeline.data import shards
 from pipeline.stages import preprocess
 from pipeline.stages.preprocess import PreprocessError
 
@@ -104,12 +104,12 @@ def test_failure_while_writing_keeps_the_previous_outputs(monkeypatch):
     config = load_config(overrides=SMALL_DEMO)
     good = preprocess.run(config)
     before = (good.output_dir / "manifest.json").read_text()
-    import pipeline.vocab
+    import pipeline.data.vocab
 
     def explode(self, path):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(pipeline.vocab.Vocabulary, "save", explode)
+    monkeypatch.setattr(pipeline.data.vocab.Vocabulary, "save", explode)
     with pytest.raises(OSError, match="No space"):
         preprocess.run(config, force=True)
     assert (good.output_dir / "manifest.json").read_text() == before

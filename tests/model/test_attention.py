@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.attention import SCORE_LAYERS, AttentionPooling, LocationAttentionPooling, normalized_entropy
+from pipeline.model.attention import SCORE_LAYERS, AttentionPooling, LocationAttentionPooling, normalized_entropy
 
 SCORES = sorted(SCORE_LAYERS)
 MODES = ["soft", "hard", "local"]

@@ -12,12 +12,12 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.batching import pad_batch
 from pipeline.config import load_config
-from pipeline.model import build_han, compile_han
-from pipeline.shards import load_split
+from pipeline.data.batching import pad_batch
+from pipeline.data.shards import load_split
+from pipeline.data.vocab import Vocabulary
+from pipeline.model.han import build_han, compile_han
 from pipeline.stages import preprocess
-from pipeline.vocab import Vocabulary
 
 SMALL_MODEL = ["data.demo.num_documents=1200", "model.embedding.dim=32", "model.word_units=16", "model.sentence_units=16"]
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import ModelConfig
-from pipeline.model import (
+from pipeline.model.han import (
     OUTPUT_NAMES,
     GatherSentences,
     MergeBuckets,

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import TrainConfig
-from pipeline.optimizers import LazyAdam
+from pipeline.model.optimizers import LazyAdam
 from pipeline.stages.train import build_optimizer
 
 VOCAB, DIM = 6, 3
@@ -126,7 +126,7 @@ MIRRORED = """
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from pipeline.optimizers import LazyAdam
+    from pipeline.model.optimizers import LazyAdam
     from tests.model.test_optimizers import FULL_BATCHES, tiny_model
 
     def train(strategy, clipnorm):

@@ -1,4 +1,4 @@
-"""``pipeline.recurrent.BiGRU`` computes Keras' ``Bidirectional(GRU)``: same weights, same outputs,
+"""``pipeline.model.recurrent.BiGRU`` computes Keras' ``Bidirectional(GRU)``: same weights, same outputs,
 same gradients (its backward pass is hand-written), masks anywhere in a sequence, save and load."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.recurrent import BiGRU
+from pipeline.model.recurrent import BiGRU
 
 UNITS = 5
 
@@ -180,7 +180,7 @@ def test_learns_a_task_that_needs_the_first_and_last_real_steps():
 def test_a_han_trains_as_with_keras_bidirectional_gru_from_the_same_weights(monkeypatch):
     """The whole HAN (masks, empty sentences, three length groups), Keras' fit, 4 epochs: the same
     losses and weights whichever GRU it is built with, once both start from the same weights."""
-    import pipeline.model as han
+    import pipeline.model.han as han
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 96)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_model import small_config  # the same small HAN as the behavioural tests
 
-from pipeline.model import OUTPUT_NAMES, build_han, compile_han, load_pretrained_embeddings
+from pipeline.model.han import OUTPUT_NAMES, build_han, compile_han, load_pretrained_embeddings
 
 # Keras' own variable -> numpy conversion while saving, not ours.
 pytestmark = pytest.mark.filterwarnings(
@@ -52,7 +52,7 @@ LOAD_AND_PREDICT = textwrap.dedent(
     import sys
     import numpy as np
     import keras
-    import pipeline.model  # registers the custom layers ("han>...")
+    import pipeline.model.han  # registers the custom layers ("han>...")
 
     folder = sys.argv[1]
     token_ids = np.load(f"{folder}/token_ids.npy")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.shards import ShardWriter
-from pipeline.word2vec import nearest_neighbours, skipgram_pairs, train_word2vec
+from pipeline.data.shards import ShardWriter
+from pipeline.model.word2vec import nearest_neighbours, skipgram_pairs, train_word2vec
 
 # ids 0 (pad) and 1 (oov) are reserved; two topics whose words only ever meet their own topic's words
 TOPIC_A, TOPIC_B = list(range(2, 12)), list(range(12, 22))

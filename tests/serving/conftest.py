@@ -11,10 +11,10 @@ import keras
 import pytest
 
 from pipeline.artifacts import read_json
-from pipeline.model import build_han
-from pipeline.serving import log_raw_text_model, write_bundle
+from pipeline.data.vocab import Vocabulary
+from pipeline.model.han import build_han
+from pipeline.serving.bundle import log_raw_text_model, write_bundle
 from pipeline.stages import preprocess
-from pipeline.vocab import Vocabulary
 from tests.stages.conftest import Workspace, make_workspace
 
 TINY = ["data.demo.num_documents=200", "model.embedding.dim=16", "model.word_units=8", "model.sentence_units=8",

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import rest
 from pipeline.__main__ import main
 from pipeline.artifacts import read_json
 from pipeline.config import PROJECT_ROOT
@@ -32,6 +31,7 @@ from pipeline.registry import (
     verified_download,
     verified_model,
 )
+from pipeline.serving import rest
 from pipeline.stages.evaluate import EvaluateError, score_champion
 from tests.stages.conftest import set_args
 
@@ -60,7 +60,7 @@ def tampered(path: Path, marker: Path, text: str | None = None):
 def test_a_version_is_registered_with_the_hashes_of_its_stored_files_and_loads(model, tmp_path):
     version = mlflow.MlflowClient().get_model_version(model.name, model.version)
     stored = model_file_hashes(model.model_dir)
-    assert {"MLmodel", "pyfunc_model.py", "code/pipeline/serving.py", "artifacts/bundle/model.keras",
+    assert {"MLmodel", "pyfunc_model.py", "code/pipeline/serving/bundle.py", "artifacts/bundle/model.keras",
             "requirements.txt"} <= set(stored)
     assert version.tags[ARTIFACT_SHA256_TAG] == files_digest(stored)
     local = verified_download(f"models:/{model.name}@champion")
@@ -89,10 +89,10 @@ def test_predict_refuses_a_tampered_model_without_running_its_code(model, tmp_pa
 @pytest.mark.bad_input("B45")
 def test_serve_and_its_worker_refuse_a_tampered_model_without_running_its_code(model, tmp_path, monkeypatch, capsys):
     marker = tmp_path / "ran"
-    with tampered(model.model_dir / "code" / "pipeline" / "serving.py", marker):
+    with tampered(model.model_dir / "code" / "pipeline" / "serving" / "bundle.py", marker):
         assert main(["serve", "--print-command", *set_args(model.workspace.overrides)]) == 2
         err = capsys.readouterr().err
-        assert "not serving @champion" in err and "the file code/pipeline/serving.py was changed" in err
+        assert "not serving @champion" in err and "the file code/pipeline/serving/bundle.py was changed" in err
         # The worker checks its own copy (the store may change after `serve` checked it).
         monkeypatch.setenv(rest.MODEL_URI_ENV, f"models:/{model.name}/{model.version}")
         with pytest.raises(ModelIntegrityError, match=f"{model.name} version {model.version}: the file code/pipeline/"):

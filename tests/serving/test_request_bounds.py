@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline.config import PROJECT_ROOT
 from pipeline.registry import verified_model
-from pipeline.serving import READ_CHARACTERS_PER_WORD, REQUEST_DEADLINE, DeadlineExceeded
+from pipeline.serving.bundle import READ_CHARACTERS_PER_WORD, REQUEST_DEADLINE, DeadlineExceeded
 from tests.servers import free_port, server_process
 from tests.stages.conftest import set_args
 

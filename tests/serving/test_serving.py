@@ -22,11 +22,13 @@ import pytest
 import yaml
 
 from pipeline.artifacts import read_json
-from pipeline.batching import pad_batch
 from pipeline.config import PROJECT_ROOT, load_config
+from pipeline.data.batching import pad_batch
 from pipeline.data.demo import generate_demo_corpus
-from pipeline.model import build_han, compile_han
-from pipeline.serving import (
+from pipeline.data.shards import load_split
+from pipeline.data.vocab import Vocabulary
+from pipeline.model.han import build_han, compile_han
+from pipeline.serving.bundle import (
     BUNDLE_FILES,
     OUTPUT_COLUMNS,
     HANTextModel,
@@ -35,9 +37,7 @@ from pipeline.serving import (
     pinned_requirements,
     write_bundle,
 )
-from pipeline.shards import load_split
 from pipeline.stages import preprocess
-from pipeline.vocab import Vocabulary
 
 MAX_SENTENCES = 12  # below the demo's 5..30 sentences, so some test documents are cut
 TINY = ["data.demo.num_documents=200", "model.embedding.dim=16", "model.word_units=8", "model.sentence_units=8",

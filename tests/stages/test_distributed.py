@@ -17,9 +17,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from pipeline import distribute
 from pipeline.__main__ import main
 from pipeline.config import PROJECT_ROOT, load_config
+from pipeline.training import distribute
 from tests.stages.conftest import SMALL, make_workspace, set_args
 
 
@@ -138,9 +138,9 @@ def test_two_workers_on_loopback_train_one_model_that_loads_and_predicts_like_a_
     assert not (workspace.root / "artifacts" / "demo" / "train.resume").exists()
 
     # The model is an ordinary single-device model: same structure, loads, predicts, and learned.
-    from pipeline.batching import pad_batch
-    from pipeline.model import build_han, load_han
-    from pipeline.shards import load_split
+    from pipeline.data.batching import pad_batch
+    from pipeline.data.shards import load_split
+    from pipeline.model.han import build_han, load_han
 
     config = workspace.config
     model = load_han(workspace.root / "artifacts" / "demo" / "train" / "model.keras")

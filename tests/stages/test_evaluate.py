@@ -133,7 +133,7 @@ def test_baseline_reads_the_full_raw_text_of_the_same_split(workspace):
 
 def test_baseline_can_learn_from_validation_too_or_read_the_hans_tokens(workspace):
     from pipeline.config import load_config
-    from pipeline.shards import load_split
+    from pipeline.data.shards import load_split
 
     prep = workspace.config.stage_dir("preprocess")
     test = load_split(prep, "test")

@@ -59,7 +59,7 @@ def test_experiments_are_marked_model_training_and_links_open_that_view(tiny_pip
 
 
 def test_pipeline_run_carries_the_headline_figures(tiny_pipeline, runs):
-    from pipeline.faithfulness import flat_metrics
+    from pipeline.evaluation.faithfulness import flat_metrics
 
     parent = runs["pipeline"].data
     evaluated = _read(tiny_pipeline, "evaluate", "metrics.json")

@@ -19,8 +19,8 @@ from pipeline.artifacts import read_json
 from pipeline.config import ConfigError, load_config
 from pipeline.data.readers import ReadReport, read_documents
 from pipeline.data.records import MISSING_LABEL, UNKNOWN_LABEL, UNPARSABLE, RawDocument, Rejected
-from pipeline.metrics import choose_thresholds, multilabel_decisions, multilabel_metrics, tfidf_baseline
-from pipeline.shards import load_split
+from pipeline.data.shards import load_split
+from pipeline.evaluation.metrics import choose_thresholds, multilabel_decisions, multilabel_metrics, tfidf_baseline
 from pipeline.stages import preprocess
 from tests.stages.conftest import make_workspace, set_args
 

@@ -20,7 +20,7 @@ from pipeline.__main__ import main
 from pipeline.artifacts import read_json, sha256_file
 from pipeline.config import load_config
 from pipeline.registry import ARTIFACT_SHA256_TAG, verified_model
-from pipeline.serve import ServeError, serve_command
+from pipeline.serving.serve import ServeError, serve_command
 from tests.stages.conftest import make_workspace, set_args
 
 # Tiny: the model need not be good, only trained, registered and promoted.

@@ -11,9 +11,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline import sweep
 from pipeline.__main__ import main
 from pipeline.config import PROJECT_ROOT, ConfigError
+from pipeline.stages import sweep
 from tests.stages.conftest import SMALL, make_workspace, set_args
 
 # Two epochs: enough for the learning rates to give different validation losses, quick on 2 cores.
@@ -150,7 +150,7 @@ def test_a_sweep_killed_after_a_trial_keeps_that_trials_result(tmp_path, monkeyp
 
 
 def test_plot_labels_use_the_last_key_part_unless_that_is_ambiguous():
-    from pipeline.metrics import _short_settings
+    from pipeline.evaluation.metrics import _short_settings
 
     assert _short_settings(["train.learning_rate=0.002", "model.dropout=0.3"]) == "learning_rate=0.002\ndropout=0.3"
     assert _short_settings(["model.word_attention.score=dot", "model.sentence_attention.score=dot"]) == (

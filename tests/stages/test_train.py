@@ -80,7 +80,7 @@ def test_unchanged_rerun_is_skipped_and_registers_nothing(workspace, capsys):
 def _weights(path):
     import keras
 
-    import pipeline.model  # noqa: F401
+    import pipeline.model.han  # noqa: F401
 
     return keras.saving.load_model(path, safe_mode=True).get_weights()
 
@@ -197,10 +197,10 @@ def test_checkpoint_writes_each_variable_before_reading_the_next(tmp_path):
 def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups(tmp_path, monkeypatch, capsys):
     import keras
 
-    from pipeline.batching import pad_batch
     from pipeline.config import load_config
-    from pipeline.model import build_han
-    from pipeline.shards import load_split
+    from pipeline.data.batching import pad_batch
+    from pipeline.data.shards import load_split
+    from pipeline.model.han import build_han
 
     overrides = [*SMALL, "train.epochs=1", "data.demo.num_documents=300", "model.word_buckets=3",
                  "model.train_word_buckets=2", "model.word_bucket_sentences=2"]
@@ -223,14 +223,14 @@ def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups
 def test_malloc_trim_steps_hands_freed_memory_back_every_n_steps(tmp_path, monkeypatch):
     import weakref
 
-    import pipeline.model
+    import pipeline.model.han
     import pipeline.runtime
 
     calls, trainer_gone = [], []
     real = pipeline.runtime.release_free_memory
     trainers = []
-    real_compile = pipeline.model.compile_han
-    monkeypatch.setattr(pipeline.model, "compile_han", lambda *a, **k: trainers.append(weakref.ref(real_compile(*a, **k)))
+    real_compile = pipeline.model.han.compile_han
+    monkeypatch.setattr(pipeline.model.han, "compile_han", lambda *a, **k: trainers.append(weakref.ref(real_compile(*a, **k)))
                         or trainers[-1]())
 
     def release():
@@ -256,7 +256,7 @@ def test_malloc_trim_steps_hands_freed_memory_back_every_n_steps(tmp_path, monke
 
 def test_fit_iterates_training_and_validation_data_without_tf_data_autotuning(tmp_path, monkeypatch):
     # A new iterator of both every epoch; destroying one joins tf.data's autotuning thread, which held the
-    # stage for seconds at some epoch ends (pipeline.batching.without_autotune).
+    # stage for seconds at some epoch ends (pipeline.data.batching.without_autotune).
     import keras
 
     fitted = []

@@ -1,11 +1,11 @@
 """The REST app behind ``make serve``: MLflow's scoring server with a request-size guard in front.
 
-``python -m pipeline serve`` runs ``uvicorn --factory pipeline.rest:create_app``. The app is MLflow's own scoring
+``python -m pipeline serve`` runs ``uvicorn --factory pipeline.serving.rest:create_app``. The app is MLflow's own scoring
 app (``mlflow.pyfunc.scoring_server.init``: ``POST /invocations``, ``GET /ping``, its request
 timeout) for the model in ``HAN_SERVE_MODEL_URI``, loaded in the worker only after its files matched
 the hashes recorded at registration (``pipeline.registry.verified_model``). MLflow's timeout answers
 504 but leaves the model running in its worker thread; ``Deadline`` gives each request its end, which
-the model checks between texts and batches (``pipeline.serving.check_deadline``), so the work stops
+the model checks between texts and batches (``pipeline.serving.bundle.check_deadline``), so the work stops
 too. ``BodyLimit`` guards the body, because MLflow reads it whole into memory before the model sees it:
 
 - a request whose ``Content-Length`` is over ``HAN_SERVE_MAX_BYTES`` (``serve.max_request_bytes``)
@@ -129,14 +129,14 @@ class BodyLimit:
 
 class Deadline:
     """ASGI middleware: each request must be done ``seconds`` after it arrived (MLflow's request
-    timeout); the model sees that end through ``pipeline.serving.REQUEST_DEADLINE`` (a context
+    timeout); the model sees that end through ``pipeline.serving.bundle.REQUEST_DEADLINE`` (a context
     variable, which ``asyncio.to_thread`` carries into the thread that runs the model)."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], seconds: float) -> None:
         self.app, self.seconds = app, seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from pipeline.serving import REQUEST_DEADLINE
+        from pipeline.serving.bundle import REQUEST_DEADLINE
 
         if scope["type"] != "http":
             await self.app(scope, receive, send)

@@ -219,7 +219,7 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
     """Train every trial of the grid, rank the points, write and log the results (module docstring)."""
     import keras
 
-    from pipeline.metrics import plot_sweep
+    from pipeline.evaluation.metrics import plot_sweep
     from pipeline.stages import train
     from pipeline.tracking import connect, stage_run
 

@@ -423,7 +423,7 @@ def _plot_curve_panel(ax, history: dict[str, list[float]], metric: str, best_epo
 
 
 def plot_sweep(points: list[dict[str, Any]], metric: str, path: Path, higher_is_better: bool) -> None:
-    """A sweep's points (``pipeline.sweep.rank``), best first: each trial a dot, the mean over seeds a bar."""
+    """A sweep's points (``pipeline.stages.sweep.rank``), best first: each trial a dot, the mean over seeds a bar."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * len(points) + 2), 4.5))
     means = [p["mean"] if p["mean"] is not None else float("nan") for p in points]

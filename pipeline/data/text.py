@@ -368,7 +368,7 @@ class TextProcessor:
 # a wall-clock timeout on each call; on short sentences that check costs more than the match
 # (Punkt splitting and Treebank tokenization ran 3-4x slower). We run NLTK's own fixed patterns,
 # unchanged, with the same engine and flags and in NLTK's order, but without the timeout; they
-# backtrack linearly. tests/text/test_text.py checks that sentences and tokens stay identical
+# backtrack linearly. tests/data/test_text.py checks that sentences and tokens stay identical
 # to NLTK's on real BBC and IMDB text.
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.batching import (
+from pipeline.data.batching import (
     EncodedSplit,
     bucketed_batches,
     document_sizes,

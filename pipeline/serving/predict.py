@@ -39,13 +39,13 @@ def predict(config: PipelineConfig, texts: list[str], model_uri: str | None = No
     if model_uri:
         import pandas as pd
 
-        from pipeline.serving import load_raw_text_model
+        from pipeline.serving.bundle import load_raw_text_model
         from pipeline.tracking import connect
 
         connect()
         frame = load_raw_text_model(model_uri).predict(pd.DataFrame({"text": texts}))
         return frame.to_dict(orient="records")
-    from pipeline.serving import RawTextClassifier
+    from pipeline.serving.bundle import RawTextClassifier
 
     bundle = config.stage_dir("train") / "bundle"
     if not bundle.is_dir():

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.batching import EncodedSplit
-from pipeline.vocab import OOV, PAD
+from pipeline.data.batching import EncodedSplit
+from pipeline.data.vocab import OOV, PAD
 
 NOISE_TABLE = 1_000_000  # slots of the noise-word table
 

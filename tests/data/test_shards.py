@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.batching import EncodedSplit, pad_batch
-from pipeline.shards import (
+from pipeline.data.batching import EncodedSplit, pad_batch
+from pipeline.data.shards import (
     ShardWriter,
     TrainingStream,
     load_split,
@@ -136,7 +136,7 @@ def test_class_weights_follow_each_document_and_the_dataset_matches_the_stream(t
 
 def test_the_training_dataset_starts_no_autotuning_thread(tmp_path):
     # fit makes a new iterator every epoch; destroying one joins tf.data's autotuning thread, which
-    # held the train stage for seconds at some epoch ends (pipeline.batching.without_autotune).
+    # held the train stage for seconds at some epoch ends (pipeline.data.batching.without_autotune).
     write_corpus(tmp_path, 40)
     dataset = training_dataset(stream(tmp_path, 40))
     assert dataset.options().autotune.enabled is False

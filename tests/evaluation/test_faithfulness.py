@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.faithfulness import (
+from pipeline.evaluation.faithfulness import (
     evidence_hit_rate,
     faithfulness,
     flat_metrics,

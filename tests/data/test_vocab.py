@@ -1,4 +1,4 @@
-"""The word vocabulary (pipeline.vocab): reserved ids, limits, determinism, persistence."""
+"""The word vocabulary (pipeline.data.vocab): reserved ids, limits, determinism, persistence."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.vocab import OOV, OOV_TOKEN, PAD, PAD_TOKEN, Vocabulary
+from pipeline.data.vocab import OOV, OOV_TOKEN, PAD, PAD_TOKEN, Vocabulary
 
 # "the" x5, "cat" x3, "sat" x3, "mat" x2, "on" x2, "a" x1, "dog" x1
 DOCUMENTS = [

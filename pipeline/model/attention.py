@@ -98,7 +98,7 @@ class AttentionPooling(keras.layers.Layer):
         training: Python boolean; ``"hard"`` mode and ``entropy_penalty`` act in training only.
         penalty_rows: Optional scalar tensor: the entropy penalty is the sum over this call's
             rows divided by it, instead of their mean. A batch split into groups (the length
-            groups of ``pipeline.model``) passes its total row count to each group's call, so
+            groups of ``pipeline.model.han``) passes its total row count to each group's call, so
             the groups' penalties add up to the mean over the whole batch.
 
     Returns:

@@ -52,7 +52,7 @@ def pad_batch(documents: list[list[np.ndarray]]) -> np.ndarray:
 def bucketed_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Document indices sorted by size (e.g. sentences x longest sentence) and cut into batches,
     so that each batch pads little (evaluation and validation; training streams its own
-    shuffled, bucketed batches, ``pipeline.shards.TrainingStream``)."""
+    shuffled, bucketed batches, ``pipeline.data.shards.TrainingStream``)."""
     order = np.argsort(lengths, kind="stable")
     return [order[i : i + batch_size] for i in range(0, len(lengths), batch_size)]
 

@@ -53,7 +53,7 @@ DEFAULT_MAX_TEXTS, DEFAULT_MAX_CHARACTERS = 1000, 10_000_000
 # tokenizing cost grows with the characters, so this bounds what one text costs, whatever its length.
 READ_CHARACTERS_PER_WORD = 64
 # When the request being answered must be done (time.monotonic()); set by the REST app
-# (pipeline/rest.py) and seen by the thread that runs the model. None: no deadline.
+# (pipeline/serving/rest.py) and seen by the thread that runs the model. None: no deadline.
 REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("han_request_deadline", default=None)
 
 
@@ -69,8 +69,8 @@ def check_deadline() -> None:
                                "per request")
 
 # The package logged as the model's code (``code_paths``), and the models-from-code entry point.
-PACKAGE_DIR = Path(__file__).resolve().parent
-MODEL_CODE = PACKAGE_DIR / "pyfunc_model.py"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+MODEL_CODE = PACKAGE_DIR / "serving" / "pyfunc_model.py"
 
 
 def write_bundle(bundle_dir: Path, model_path: Path, preprocess_dir: Path, thresholds: list[float] | None = None) -> Path:
@@ -117,12 +117,12 @@ class RawTextClassifier:
     Texts are normalised, sentence-split, tokenized, truncated (``doc[:max_sentences]``, each
     sentence ``tokens[:max_words]``) and encoded exactly as ``pipeline.stages.preprocess`` did;
     documents are batched by length and each batch is padded only to its own maxima
-    (``pipeline.batching.pad_batch``) and run through the model's inference graph.
+    (``pipeline.data.batching.pad_batch``) and run through the model's inference graph.
     """
 
     def __init__(self, model, processor, vocab, labels: list[str], max_sentences: int, max_words: int,
                  thresholds: list[float] | None = None) -> None:
-        from pipeline.model import inference_function
+        from pipeline.model.han import inference_function
 
         if max_sentences < 1 or max_words < 1:
             raise ValueError(f"limits must be >= 1, got max_sentences={max_sentences}, max_words={max_words}")
@@ -143,9 +143,9 @@ class RawTextClassifier:
     @classmethod
     def from_directory(cls, bundle_dir: str | Path) -> RawTextClassifier:
         """Load a bundle written by ``write_bundle`` (Keras model loaded with ``safe_mode=True``)."""
-        from pipeline.model import load_han
-        from pipeline.text import TextProcessor
-        from pipeline.vocab import Vocabulary
+        from pipeline.data.text import TextProcessor
+        from pipeline.data.vocab import Vocabulary
+        from pipeline.model.han import load_han
 
         bundle_dir = Path(bundle_dir)
         missing = [name for name in BUNDLE_FILES if not (bundle_dir / name).is_file()]
@@ -164,10 +164,10 @@ class RawTextClassifier:
 
     def decide(self, probabilities: np.ndarray) -> str | list[str]:
         """The answer's ``label`` for one row of probabilities: the most probable label, or a multi-label
-        model's label set (``pipeline.metrics.multilabel_decisions``, as the evaluate stage decides)."""
+        model's label set (``pipeline.evaluation.metrics.multilabel_decisions``, as the evaluate stage decides)."""
         if self.thresholds is None:
             return self.labels[int(np.argmax(probabilities))]
-        from pipeline.metrics import multilabel_decisions
+        from pipeline.evaluation.metrics import multilabel_decisions
 
         chosen = multilabel_decisions(np.asarray(probabilities)[None, :], self.thresholds)[0]
         return [label for label, on in zip(self.labels, chosen, strict=True) if on]
@@ -238,7 +238,7 @@ class RawTextClassifier:
             raise TypeError("predict takes a sequence of texts; wrap a single text in a list")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        from pipeline.model import document_outputs
+        from pipeline.model.han import document_outputs
 
         def infer(token_ids):
             check_deadline()

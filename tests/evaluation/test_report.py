@@ -15,8 +15,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from pipeline.metrics import write_confusion_matrix
-from pipeline.report import class_summary, render_html, shade, write_report
+from pipeline.evaluation.metrics import write_confusion_matrix
+from pipeline.evaluation.report import class_summary, render_html, shade, write_report
 
 VOID = {"meta", "input", "br", "img", "link", "hr", "wbr"}
 LABELS = ["a", "b"]

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import json
+import math
 import struct
 from collections import defaultdict
 from collections.abc import Sequence

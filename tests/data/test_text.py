@@ -1,4 +1,4 @@
-"""Sentence splitting and word tokenization (pipeline.text), offline, on real BBC and IMDB text."""
+"""Sentence splitting and word tokenization (pipeline.data.text), offline, on real BBC and IMDB text."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from nltk.tokenize import RegexpTokenizer, ToktokTokenizer, TreebankWordTokenizer
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
-from pipeline import text as text_module
 from pipeline.config import PunktConfig
-from pipeline.text import (
+from pipeline.data import text as text_module
+from pipeline.data.text import (
     REGEXP_PATTERN,
     TOKENIZER_KINDS,
     SentenceSplitter,
@@ -380,7 +380,7 @@ def test_processor_pickles_for_worker_processes(processor, imdb_raw_texts):
 @pytest.mark.real_data
 def test_treebank_tokenizer_is_nltks_rules_several_times_faster(shared_data, splitter):
     """Same tokens as NLTK's TreebankWordTokenizer on 1,000 IMDB reviews, >= 2x its speed in the
-    same process (measured 3.1-3.3x here: untimed regexes and rule triggers, see pipeline/text.py).
+    same process (measured 3.1-3.3x here: untimed regexes and rule triggers, see pipeline/data/text.py).
     A ratio, not a documents/s figure: machines differ, the ratio should not."""
     import time
 
@@ -405,4 +405,4 @@ def test_treebank_tokenizer_is_nltks_rules_several_times_faster(shared_data, spl
         best["stock"] = min(best["stock"], time.process_time() - middle)
     assert mine == theirs
     ratio = best["stock"] / best["ours"]
-    assert ratio >= 2.0, f"only {ratio:.2f}x NLTK's speed; NLTK's timed regexes back in use? (see pipeline/text.py)"
+    assert ratio >= 2.0, f"only {ratio:.2f}x NLTK's speed; NLTK's timed regexes back in use? (see pipeline/data/text.py)"

@@ -2,7 +2,7 @@
 
 Preprocessing writes each split as ``<split>-00000.npz``, ``<split>-00001.npz``... every shard
 holding at most ``preprocess.shard_documents`` documents in the ragged layout of
-``pipeline.batching.EncodedSplit`` (flat token ids, sentence lengths, document lengths, labels,
+``pipeline.data.batching.EncodedSplit`` (flat token ids, sentence lengths, document lengths, labels,
 ids). Numpy files, not TFRecord: they need no TensorFlow to write (importing TensorFlow alone
 costs preprocessing about 6 s and 700 MB of peak memory on the reference machine) and any tool
 reads them with ``numpy.load``.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.batching import EncodedSplit, pad_batch, without_autotune
+from pipeline.data.batching import EncodedSplit, pad_batch, without_autotune
 
 SHARD_GLOB = "{split}-[0-9][0-9][0-9][0-9][0-9].npz"
 
@@ -152,7 +152,7 @@ class TrainingStream:
     """One epoch's training batches, read shard by shard (see the module docstring).
 
     ``batch_size`` is the global batch; ``max_steps`` ends the epoch early. With ``replicas`` > 1
-    each batch is yielded as the shares of this worker's replicas (``pipeline.distribute.worker_batches``: replica ``r`` takes
+    each batch is yielded as the shares of this worker's replicas (``pipeline.training.distribute.worker_batches``: replica ``r`` takes
     members ``r, r + replicas, ...``). After the epoch, ``padding_efficiency`` holds real tokens
     over padded cells of the batches yielded. ``num_labels``: multi-label shards (labels as 0/1 rows).
     """
@@ -240,7 +240,7 @@ class TrainingStream:
     def _shares(self, members: list) -> list[list]:
         if self.replicas <= 1:
             return [members]
-        from pipeline.distribute import worker_batches
+        from pipeline.training.distribute import worker_batches
 
         return worker_batches([members], self.replicas, self.workers, self.worker)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     classification_metrics,
     expected_calibration_error,
     flat_metrics,

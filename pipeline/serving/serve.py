@@ -5,7 +5,7 @@ to its version (failing clearly when the alias is missing, when that version was
 other labels than the config's: ``pipeline.registry.check_fits``, or when its files are not those
 recorded at registration: ``pipeline.registry.verified_download``), so every worker loads the same
 version even if the alias moves meanwhile, and returns the ``uvicorn`` command line for
-``pipeline.rest`` (MLflow's own scoring app, what ``mlflow models serve --env-manager local``
+``pipeline.serving.rest`` (MLflow's own scoring app, what ``mlflow models serve --env-manager local``
 runs, behind a request-size guard) and the environment it needs: the tracking URI, the model,
 the body limit (413), the limits that the raw-text model enforces (``HAN_SERVE_MAX_TEXTS`` /
 ``HAN_SERVE_MAX_CHARACTERS``, answered with 400), and MLflow's request timeout (504).
@@ -42,8 +42,8 @@ def serve_command(config: PipelineConfig) -> ServeCommand:
     import mlflow
 
     from pipeline.registry import ModelIntegrityError, RegistryMismatch, alias_version, check_fits, verified_download
-    from pipeline.rest import MAX_BYTES_ENV, MODEL_URI_ENV
-    from pipeline.serving import MAX_CHARACTERS_ENV, MAX_TEXTS_ENV
+    from pipeline.serving.bundle import MAX_CHARACTERS_ENV, MAX_TEXTS_ENV
+    from pipeline.serving.rest import MAX_BYTES_ENV, MODEL_URI_ENV
     from pipeline.tracking import connect, tracking_uri
 
     settings = config.serve
@@ -63,7 +63,7 @@ def serve_command(config: PipelineConfig) -> ServeCommand:
     except (RegistryMismatch, ModelIntegrityError) as err:
         raise ServeError(f"not serving @{settings.alias}: {err}") from None
     model_uri = f"models:/{name}@{settings.alias}"
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.rest:create_app", "--host", settings.host,
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "pipeline.serving.rest:create_app", "--host", settings.host,
             "--port", str(settings.port), "--workers", str(settings.workers), "--no-server-header"]
     # The workers import `pipeline` wherever the server is started from.
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)

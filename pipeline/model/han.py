@@ -45,9 +45,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from pipeline.attention import SCORE_LAYERS, AttentionPooling
 from pipeline.config import AttentionConfig, ModelConfig
-from pipeline.recurrent import BiGRU
+from pipeline.model.attention import SCORE_LAYERS, AttentionPooling
+from pipeline.model.recurrent import BiGRU
 
 PAD_ID = 0
 OOV_ID = 1
@@ -568,7 +568,7 @@ def compile_han(
 
 def _bidirectional(kind: str, units: int, name: str) -> keras.layers.Layer:
     if kind == "gru":
-        return BiGRU(units, name=name)  # Keras' Bidirectional(GRU) computed in fewer, larger ops (pipeline.recurrent)
+        return BiGRU(units, name=name)  # Keras' Bidirectional(GRU) computed in fewer, larger ops (pipeline.model.recurrent)
     return keras.layers.Bidirectional(keras.layers.LSTM(units, return_sequences=True), name=name)
 
 
@@ -713,7 +713,7 @@ def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int) 
     only) and ``word_weights`` (its words only); padding gets exactly 0 weight, so the kept
     weights still sum to 1.
     """
-    from pipeline.batching import pad_batch
+    from pipeline.data.batching import pad_batch
 
     sizes = np.asarray([len(doc) * max((len(s) for s in doc), default=1) for doc in documents])
     order = np.argsort(sizes, kind="stable")
