@@ -156,8 +156,8 @@ def cmd_run(config: PipelineConfig, args: argparse.Namespace) -> int:
     if config.train.distribute.strategy == "multi_worker":
         raise RuntimeError("`run` does every stage in one process, but train.distribute.strategy=multi_worker trains on "
                            "several: run `python -m pipeline preprocess` once, `python -m pipeline train` on every worker "
-                           "(each with its TF_CONFIG), then `evaluate`, `promote` and `explain` once (README: "
-                           "\"Training on several machines\")")
+                           "(each with its TF_CONFIG), then `evaluate`, `promote` and `explain` once "
+                           "(docs/distributed-training.md)")
     stages = ["preprocess", "train", "evaluate", "promote", "explain"]
     with pipeline_run(config, stages) as run:
         for stage in stages:
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
             stage.epilog = ("Needs the config's preprocessing (make preprocess). Each trial is a real train stage in this "
                             "process; trials register no model, and the test split is never used. Outputs in "
                             "$HAN_ARTIFACTS_DIR/<name>/sweep/<started>/ (results.json, results.md, sweep.png), the "
-                            "command that trains the best setting at the end. README: Sweeps.")
+                            "command that trains the best setting at the end. docs/sweeps.md.")
             stage.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
                                help="a model.* or train.* key and the values to try, comma-separated (repeatable: "
                                     "every combination is trained), e.g. --grid train.learning_rate=0.001,0.002")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import PROJECT_ROOT, ConfigError, PipelineConfig, load_config
 
@@ -108,3 +109,72 @@ def test_command_names_the_config_and_overrides_the_person_used():
         "python -m pipeline preprocess --force --config configs/bbc.yaml --set seed=7 --set train.epochs=3")
     assert bbc.model_copy().command("evaluate") == bbc.command("evaluate")
     assert PipelineConfig().command("explain") == "make explain"  # not loaded from a file: no CONFIG to name
+
+
+def _leaves(mapping: dict, prefix: str = "") -> dict[str, object]:
+    leaves = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def _documented_lines(path: Path) -> dict[str, str]:
+    """Each block-style key of a YAML file with its line and the comment lines that continue it."""
+    lines, stack, last = {}, [], None
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if not stripped or (stripped.startswith("#") and last is None):
+            continue
+        if stripped.startswith("#"):
+            lines[last] += " " + stripped
+            continue
+        indent = len(raw) - len(raw.lstrip())
+        key = stripped.split(":", 1)[0]
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key))
+        last = ".".join(name for _, name in stack)
+        lines[last] = raw
+    return lines
+
+
+def _choices(model: type, prefix: str = "") -> dict[str, tuple]:
+    """Every field of the config model whose values are a fixed set (Literal), with the set."""
+    import typing
+
+    from pydantic import BaseModel
+
+    found = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.update(_choices(annotation, f"{prefix}{name}."))
+            continue
+        stack, literals = [annotation], []
+        while stack:
+            current = stack.pop()
+            if typing.get_origin(current) is dict:  # a mapping keyed by choices lists its keys (the key sets above)
+                continue
+            if typing.get_origin(current) is typing.Literal:
+                literals += [value for value in typing.get_args(current) if isinstance(value, str)]
+            else:
+                stack += list(typing.get_args(current))
+        if len(literals) > 1:
+            found[f"{prefix}{name}"] = tuple(literals)
+    return found
+
+
+def test_default_yaml_lists_every_key_and_every_choice():
+    # Equal values (above) can hide a key that is missing from the file: a missing key takes the code's default.
+    path = PROJECT_ROOT / "configs" / "default.yaml"
+    written = _leaves(yaml.safe_load(path.read_text(encoding="utf-8")))
+    assert sorted(written) == sorted(_leaves(PipelineConfig().to_dict()))
+    documented = _documented_lines(path)
+    def line(key: str) -> str:  # a key inside a flow mapping ({score: additive, ...}) is documented on its parent
+        return documented.get(key) or line(key.rsplit(".", 1)[0])
+
+    undocumented = {key: [c for c in choices if c not in line(key)] for key, choices in _choices(PipelineConfig).items()}
+    assert {key: missing for key, missing in undocumented.items() if missing} == {}

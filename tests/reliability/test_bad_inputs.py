@@ -1,8 +1,8 @@
-"""The bad-input table of the README, row by row, as a user meets each row: through the CLI.
+"""The bad-input table (docs/bad-inputs.md), row by row, as a user meets each row: through the CLI.
 
 Every test carries ``@pytest.mark.bad_input("Bnn")``, the row it proves; the serving rows live
 beside the real server in ``tests/dag/test_rest.py``. ``test_the_readme_table_and_the_tests_agree``
-keeps the README's rows and the marked tests one to one. Where a row is a quarantine, the test
+keeps the table's rows and the marked tests one to one. Where a row is a quarantine, the test
 also checks the accounting: every input is kept or quarantined, and the quarantine line says
 where (file and line or row) and why.
 """
@@ -350,7 +350,7 @@ def test_a_tampered_output_is_rebuilt_not_trusted(env, capsys):
 def test_a_model_file_with_code_in_it_is_refused(tmp_path):
     import keras
 
-    from pipeline.model import load_han
+    from pipeline.model.han import load_han
 
     inputs = keras.Input((3,))
     outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)  # a Lambda is arbitrary Python, stored as bytecode
@@ -464,7 +464,7 @@ def test_a_jsonl_line_longer_than_any_record_may_be_is_skipped_unread(env, capsy
 
 
 def _readme_rows() -> dict[str, str]:
-    text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    text = (PROJECT_ROOT / "docs" / "bad-inputs.md").read_text(encoding="utf-8")
     return dict(re.findall(r"^\| (B\d\d) \| (.+)$", text, flags=re.M))
 
 

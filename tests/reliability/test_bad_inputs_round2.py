@@ -1,4 +1,4 @@
-"""The bad-input table of the README, rows B50-B64: archives, files that are not what they seem, values that parse
+"""The bad-input table (docs/bad-inputs.md), rows B50-B64: archives, files that are not what they seem, values that parse
 but make no sense.
 
 As in ``test_bad_inputs.py``, each test runs the real preprocess stage (through the CLI) on tiny inputs made
@@ -38,7 +38,7 @@ GiB = 1024 * MiB
 # Runs the CLI in a fresh process; prints its exit code, seconds and peak resident memory growth as the last line.
 RUNNER = """
 import json, resource, sys, time
-import mlflow, pipeline.data.readers, pipeline.stages.preprocess, pipeline.text, pipeline.tracking  # before measuring
+import mlflow, pipeline.data.readers, pipeline.stages.preprocess, pipeline.data.text, pipeline.tracking  # before measuring
 from pipeline.__main__ import main
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The bad-input table of the README, rows B65-B70: splits a model cannot be learnt from or scored on.
+"""The bad-input table (docs/bad-inputs.md), rows B65-B70: splits a model cannot be learnt from or scored on.
 
 Each test runs the real preprocess stage through the CLI on a tiny CSV made here, most with the data's own
 split column (``data.split_field``). An error stops the stage before anything is written and names the labels,
