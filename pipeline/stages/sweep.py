@@ -251,16 +251,17 @@ def run(config_path: str | Path | None, overrides: Sequence[str], grid: Sequence
         mlflow.log_params({"sweep.grid": " | ".join(grid), "sweep.seeds": ",".join(map(str, seeds)),
                            "sweep.metric": metric, "sweep.trials": len(trials)})
         started = time.perf_counter()
-        word2vec: dict[str, Any] = {}  # vectors learned by a trial, for the trials with the same seed (train.SweepTrial)
+        word2vec: dict[str, Any] = {}  # vectors learned by a trial, for the trials with the same seed (train.run_trial)
         for trial in trials:
             settings = " ".join(trial.overrides)
             _log(f"trial {trial.index}/{len(trials)}: {settings} seed {trial.seed}")
             keras.backend.clear_session(free_memory=True)  # each trial builds its graphs anew
             try:
-                trained = train.run(configs[trial.index], force=True, trial=train.SweepTrial(
-                    out_dir / f"trial-{trial.index:03d}", run_name=f"trial-{trial.index} {settings} seed {trial.seed}",
+                trained = train.run_trial(
+                    configs[trial.index], out_dir / f"trial-{trial.index:03d}",
+                    run_name=f"trial-{trial.index} {settings} seed {trial.seed}",
                     tags={"han.sweep.run_id": parent.info.run_id, "han.sweep.point": settings,
-                          "han.sweep.seed": str(trial.seed)}, word2vec=word2vec))
+                          "han.sweep.seed": str(trial.seed)}, word2vec_cache=word2vec)
                 _record(trial, trained, metric)
             except Exception as err:  # one bad point (a wrong path, a diverging rate) must not cost the others
                 trial.error = f"{type(err).__name__}: {err}"

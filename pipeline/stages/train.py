@@ -26,12 +26,9 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import sys
 import time
-import zipfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,36 +42,24 @@ from pipeline.artifacts import (
     outputs_intact,
     read_json,
     read_manifest,
-    replacing_file,
     write_json,
 )
-from pipeline.config import ModelConfig, PipelineConfig, TrainConfig
+from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.training.callbacks import BatchProgress, epoch_line, memory_trim
+from pipeline.training.checkpoints import (
+    CheckpointMismatch,
+    Checkpoints,
+    assign_variables,
+    variable_items,
+    variables_dict,
+)
+from pipeline.training.optimization import build_optimizer, class_weight_table, current_learning_rate
 
 STAGE_VERSION = 1
-CHECKPOINT_FORMAT = 1
 
 
 class TrainError(RuntimeError):
     """The stage cannot run as configured; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class SweepTrial:
-    """Where a sweep trial (``pipeline.stages.sweep``) trains instead of the stage's own folders.
-
-    Its outputs (``history.json``, ``training_curves.png``, ``manifest.json``; no model file, no
-    bundle) go to ``output_dir``, its checkpoints beside it, and its MLflow run, named
-    ``run_name`` and tagged ``tags``, logs no model and registers nothing: a sweep compares
-    settings, and the chosen ones are trained again by the train stage (the same result on a CPU).
-    """
-
-    output_dir: Path
-    run_name: str
-    tags: dict[str, str]
-    # Word vectors learned by earlier trials of the sweep, by what they were learned from (``_word2vec_key``):
-    # a trial with the same data, embedding settings and seed reuses them instead of learning them again
-    # (the same vectors: word2vec is deterministic from its seed).
-    word2vec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,148 +96,44 @@ def preprocess_outputs(config: PipelineConfig) -> tuple[Path, dict[str, Any]]:
     return directory, manifest
 
 
-# --------------------------------------------------------------------------- optimizer and weights
-def build_optimizer(train: TrainConfig, steps_per_epoch: int):
-    """The optimizer and learning-rate schedule of ``train`` (schedules step per batch)."""
-    import keras
-
-    rate: Any = train.learning_rate
-    if train.schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(train.learning_rate, decay_steps=max(1, train.epochs * steps_per_epoch))
-    elif train.schedule == "exponential":
-        rate = keras.optimizers.schedules.ExponentialDecay(
-            train.learning_rate, decay_steps=max(1, steps_per_epoch), decay_rate=train.decay_rate
-        )
-    if train.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=train.momentum, global_clipnorm=train.clipnorm)
-    if train.optimizer == "lazy_adam":
-        from pipeline.model.optimizers import LazyAdam
-
-        return LazyAdam(learning_rate=rate, global_clipnorm=train.clipnorm)
-    return keras.optimizers.Adam(learning_rate=rate, global_clipnorm=train.clipnorm)
-
-
-def current_learning_rate(optimizer) -> float:
-    """The rate the optimizer's next step uses, as the shortest decimal of its float32 value
-    (0.002, not 0.0020000000949949026)."""
-    rate = optimizer.learning_rate
-    return float(str(np.float32(np.asarray(rate() if callable(rate) else rate))))
-
-
-def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``balanced``: weight_c = n / (classes x count_c), as scikit-learn computes it (absent classes: 0)."""
-    return class_weight_table(np.bincount(labels, minlength=num_classes))
-
-
-def class_weight_table(counts: np.ndarray) -> np.ndarray:
-    """``class_weights`` from the number of documents per class."""
-    counts = np.asarray(counts, dtype=np.float64)
-    weights = np.zeros(len(counts))
-    present = counts > 0
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return weights
-
-
-# --------------------------------------------------------------------------- resumable checkpoints
-class Checkpoints:
-    """Per-epoch checkpoints in ``<artifacts>/<name>/train.resume/``, committed by one atomic rename.
-
-    Each epoch writes a fresh ``epoch-NNNN/`` (``state.npz``: every model and optimizer variable;
-    ``best.npz``: the best epoch's model variables), then replaces ``state.json``, which names
-    it. A kill at any point leaves either the old or the new checkpoint, never half of one.
-    """
-
-    def __init__(self, directory: Path, fingerprint: str) -> None:
-        self.directory = directory
-        self.fingerprint = fingerprint
-
-    def load(self) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]] | None:
-        state_path = self.directory / "state.json"
-        if not state_path.is_file():
-            return None
-        try:
-            state = read_json(state_path)
-            if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != self.fingerprint:
-                _log(f"ignoring the checkpoint in {self.directory}: it belongs to other data or settings")
-                return None
-            folder = self.directory / state["checkpoint"]
-            with np.load(folder / "state.npz", allow_pickle=False) as current, np.load(folder / "best.npz", allow_pickle=False) as best:
-                return state, dict(current), dict(best)
-        except (OSError, ValueError, KeyError) as err:
-            _log(f"ignoring an unreadable checkpoint in {self.directory} ({err}); starting over")
-            return None
-
-    def save(self, state: dict[str, Any], current: Iterable[tuple[str, Any]], best: dict[str, np.ndarray]) -> None:
-        """``current``: (key, value) pairs, read one at a time (``variable_items``), so the checkpoint
-        never holds a second copy of every model and optimizer variable in memory at once."""
-        name = f"epoch-{state['epochs_done']:04d}"
-        folder = self.directory / name
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        try:
-            _write_npz(folder / "state.npz", current)
-            _write_npz(folder / "best.npz", best.items())
-            with replacing_file(self.directory / "state.json") as handle:
-                handle.write(json.dumps({**state, "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint,
-                                         "checkpoint": name}, indent=1))
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)  # a full disk: the checkpoint state.json names stays whole
-            raise
-        for old in self.directory.glob("epoch-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def clear(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _write_npz(path: Path, items: Iterable[tuple[str, Any]]) -> None:
-    """What ``np.savez(path, **dict(items))`` writes (``np.load`` reads it), one array in memory at a time."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for key, value in items:
-            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-
-
-def variable_items(variables, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
-    """``variables_dict``'s pairs, each value read when it is reached."""
-    for i, v in enumerate(variables):
-        yield f"{prefix}v{i:04d}", np.asarray(v.value if hasattr(v, "value") else v)
-
-
-def variables_dict(variables) -> dict[str, np.ndarray]:
-    """Variables by position (``v0000``...): paths can repeat across models, positions cannot."""
-    return dict(variable_items(variables))
-
-
-def assign_variables(variables, values: dict[str, np.ndarray]) -> None:
-    if len(values) != len(variables):
-        raise TrainError(f"checkpoint holds {len(values)} variables, the model has {len(variables)}; delete the resume folder")
-    for i, variable in enumerate(variables):
-        value = values[f"v{i:04d}"]
-        if tuple(value.shape) != tuple(variable.shape):
-            raise TrainError(f"checkpoint variable {variable.path} has shape {value.shape}, expected {variable.shape}")
-        variable.assign(value)
-
-
 # --------------------------------------------------------------------------- the stage
-def run(config: PipelineConfig, force: bool = False, trial: SweepTrial | None = None) -> TrainResult:
-    """Train (or resume, or skip when nothing changed) and return where the outputs are.
-
-    ``trial``: train as one trial of a sweep (``SweepTrial``), always anew.
-    """
-    from pipeline.data.shards import load_split, shard_paths
-
+def run(config: PipelineConfig, force: bool = False) -> TrainResult:
+    """Train (or resume, or skip when nothing changed) and return where the outputs are."""
     prep_dir, prep_manifest = preprocess_outputs(config)
-    out_dir = config.stage_dir("train") if trial is None else trial.output_dir
+    out_dir = config.stage_dir("train")
     key = fingerprint(config, prep_manifest)
     previous = read_manifest(out_dir)
-    if not force and trial is None and previous and previous.get("fingerprint") == key and outputs_intact(out_dir, previous):
+    if not force and previous and previous.get("fingerprint") == key and outputs_intact(out_dir, previous):
         manifest, note = ensure_tracked(config, out_dir, previous)
         _log(f"data and settings unchanged since {previous.get('created')}; nothing to do ({out_dir}; "
              f"MLflow run {manifest['mlflow']['run_id']}); to train again: `{config.command('train', '--force')}`"
              if note is None else note)
         return TrainResult(out_dir, manifest, skipped=True)
+    return _fit(config, key, prep_dir, prep_manifest, out_dir, *_splits(config, prep_dir),
+                resume_dir=config.artifacts_dir() / "train.resume")
+
+
+def run_trial(config: PipelineConfig, output_dir: Path, run_name: str, tags: dict[str, str],
+              word2vec_cache: dict[str, Any]) -> TrainResult:
+    """One trial of a sweep (``pipeline.stages.sweep``), always trained anew.
+
+    Its outputs (``history.json``, ``training_curves.png``, ``manifest.json``; no model file, no bundle) go
+    to ``output_dir``, its checkpoints beside it, and its MLflow run, named ``run_name`` and tagged ``tags``,
+    logs no model and registers nothing: a sweep compares settings, and the chosen ones are trained again by
+    the train stage (the same result on a CPU). ``word2vec_cache`` holds the word vectors earlier trials learned,
+    by what they were learned from (``_word2vec_key``): a trial with the same data, embedding settings and seed
+    reuses them (the same vectors: word2vec is deterministic from its seed).
+    """
+    prep_dir, prep_manifest = preprocess_outputs(config)
+    return _fit(config, fingerprint(config, prep_manifest), prep_dir, prep_manifest, output_dir,
+                *_splits(config, prep_dir), resume_dir=output_dir.with_name(output_dir.name + ".resume"),
+                run_name=run_name, tags=tags, word2vec_cache=word2vec_cache, save_model=False)
+
+
+def _splits(config: PipelineConfig, prep_dir: Path):
+    """The labels, the training split (streamed later) and the validation split (read whole)."""
+    from pipeline.data.shards import load_split, shard_paths
+
     labels: list[str] = read_json(prep_dir / "labels.json")
     stats = read_json(prep_dir / "stats.json")
     if bool(stats.get("multilabel")) != config.data.multilabel:
@@ -264,7 +145,7 @@ def run(config: PipelineConfig, force: bool = False, trial: SweepTrial | None = 
     validation = load_split(prep_dir, "validation")
     if train.documents == 0:
         raise TrainError(f"the training split in {prep_dir} is empty; check preprocess.split")
-    return _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation, trial)
+    return labels, train, validation
 
 
 @dataclass(frozen=True)
@@ -285,7 +166,9 @@ def _setup_determinism(config: PipelineConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation, trial) -> TrainResult:
+def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validation, *, resume_dir: Path,
+         run_name: str = "train", tags: dict[str, str] | None = None, word2vec_cache: dict[str, Any] | None = None,
+         save_model: bool = True) -> TrainResult:
     import contextlib
 
     import mlflow
@@ -316,19 +199,18 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         embedding_matrix, coverage = load_pretrained_embeddings(
             config.model.embedding.pretrained_path, vocab_tokens, config.model.embedding.dim, seed=config.seed)
         _log(f"pretrained embeddings cover {coverage:.1%} of the vocabulary")
-    checkpoints = Checkpoints(config.artifacts_dir() / "train.resume" if trial is None
-                              else trial.output_dir.with_name(trial.output_dir.name + ".resume"), key)
+    checkpoints = Checkpoints(resume_dir, key)
     restored = checkpoints.load() if settings.resume else None
     word2vec = None
     if config.model.embedding.word2vec.epochs and restored is None:  # a resumed run restores its embeddings
         learned = _word2vec_key(config, prep_manifest)
-        if trial is not None and learned in trial.word2vec:
-            embedding_matrix, word2vec = trial.word2vec[learned]
+        if word2vec_cache is not None and learned in word2vec_cache:
+            embedding_matrix, word2vec = word2vec_cache[learned]
             _log("word2vec: the vectors an earlier trial learned from the same data, settings and seed (not learned again)")
         else:
             embedding_matrix, word2vec = _learn_word2vec(config, train.paths, vocab_tokens)
-            if trial is not None:
-                trial.word2vec[learned] = (embedding_matrix, word2vec)
+            if word2vec_cache is not None:
+                word2vec_cache[learned] = (embedding_matrix, word2vec)
     replicas = distribution.replicas
     global_batch = settings.batch_size * replicas
     rate = settings.learning_rate * (replicas if settings.distribute.scale_learning_rate else 1)
@@ -370,8 +252,12 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     best_values = variables_dict(model.variables)
     if restored is not None:
         state, current, best_values = restored
-        assign_variables(model.variables, {k: v for k, v in current.items() if k.startswith("v")})
-        assign_variables(trainer.optimizer.variables, {k.removeprefix("opt_"): v for k, v in current.items() if k.startswith("opt_")})
+        try:
+            assign_variables(model.variables, {k: v for k, v in current.items() if k.startswith("v")})
+            assign_variables(trainer.optimizer.variables,
+                             {k.removeprefix("opt_"): v for k, v in current.items() if k.startswith("opt_")})
+        except CheckpointMismatch as err:
+            raise TrainError(str(err)) from None
         _log(f"resuming after epoch {state['epochs_done']} from {checkpoints.directory}")
     elif chief:
         checkpoints.clear()
@@ -382,11 +268,10 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         _close_dead_attempts(state["runs"])
     mode_max = monitor.endswith("accuracy")
     tags = {"han.fingerprint": key, "han.preprocess_fingerprint": str(prep_manifest.get("fingerprint")),
-            **(trial.tags if trial else {})}
+            **(tags or {})}
     if state["runs"]:
         tags["han.resumed_from"] = state["runs"][-1]
     # Only the chief logs to MLflow and writes checkpoints and outputs; the other workers train alongside.
-    run_name = "train" if trial is None else trial.run_name
     tracked = stage_run(config, "train", tags, run_name=run_name, started=started) if chief else contextlib.nullcontext()
     with tracked as run:
         if chief:
@@ -422,8 +307,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             # cosine decay it is 0, which is not the rate any epoch trained with.
             epoch_rate = current_learning_rate(trainer.optimizer)
             fit = trainer.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_dataset, verbose=0, shuffle=False,
-                              callbacks=[_BatchProgress(epoch, settings.epochs, steps_per_epoch),
-                                         *_memory_trim(config.runtime.malloc_trim_steps)])
+                              callbacks=[BatchProgress(epoch, settings.epochs, steps_per_epoch),
+                                         *memory_trim(config.runtime.malloc_trim_steps)])
             logs = {name: float(values[-1]) for name, values in fit.history.items()}
             logs["learning_rate"] = epoch_rate
             logs["padding_efficiency"] = streams[-1].padding_efficiency  # this worker's batches
@@ -445,7 +330,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             state["seconds"] += time.perf_counter() - epoch_started
             if chief:
                 mlflow.log_metrics(logs, step=epoch + 1)
-            print(_epoch_line(epoch + 1, settings.epochs, logs, time.perf_counter() - epoch_started, improved),
+            print(epoch_line(epoch + 1, settings.epochs, logs, time.perf_counter() - epoch_started, improved),
                   file=sys.stderr, flush=True)
             if chief:
                 checkpoints.save(state, itertools.chain(variable_items(model.variables),
@@ -458,7 +343,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
 
         assign_variables(model.variables, best_values)
         state["thresholds"] = (decision_thresholds(config, model, validation, labels)
-                               if config.data.multilabel and trial is None and chief else None)
+                               if config.data.multilabel and save_model and chief else None)
         # Training is over. The training and validation graphs, the optimizer's moments and the
         # datasets go before the outputs' work (saving, the example prediction, MLflow's check of
         # the logged model) loads the model twice more: IMDB's train stage peaked 0.12-0.15 GB lower.
@@ -470,9 +355,9 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                  "the chief writes the outputs and logs to MLflow")
             return TrainResult(out_dir, {}, skipped=False, chief=False)
         # A sweep trial saves no model: no need to rebuild it with the configured length groups.
-        saved = model if trial is not None else saved_model(model, model_config, len(vocab_tokens), len(labels))
+        saved = saved_model(model, model_config, len(vocab_tokens), len(labels)) if save_model else model
         result = _write_outputs(config, key, prep_dir, out_dir, saved, labels, state, monitor, run, steps_per_epoch,
-                                log_model=trial is None)
+                                log_model=save_model)
     checkpoints.clear()
     _log(f"best epoch {state['best_epoch']} of {state['epochs_done']} ({monitor} {state['best_value']:.4f}); "
          f"{state['seconds']:.1f}s of training; outputs in {out_dir}")
@@ -624,48 +509,6 @@ def _version_of_earlier_attempt(name: str | None, run_ids: list[str]):
     except mlflow.exceptions.MlflowException:
         return None
     return max(found, key=lambda v: int(v.version)) if found else None
-
-
-def _epoch_line(epoch: int, epochs: int, logs: dict[str, float], seconds: float, improved: bool) -> str:
-    shown = [f"{name} {logs[name]:.4f}" for name in ("loss", "accuracy", "val_loss", "val_accuracy") if name in logs]
-    width = len(str(epochs))
-    return (f"train: epoch {epoch:>{width}}/{epochs}  " + "  ".join(shown)
-            + f"  lr {logs['learning_rate']:.2g}  {seconds:.1f}s" + ("  *best" if improved else ""))
-
-
-class _BatchProgress:
-    """Keras callback: a progress line every 15 s inside long epochs (silent for short ones)."""
-
-    def __new__(cls, epoch: int, epochs: int, steps: int):
-        import keras
-
-        from pipeline.progress import Progress
-
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch_index, logs=None):
-                self.progress = Progress(f"train: epoch {epoch + 1}/{epochs} batches", total=steps, every_s=15.0)
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.progress.advance(1)
-
-        return Callback()
-
-
-def _memory_trim(every: int | None) -> list:
-    """``runtime.malloc_trim_steps``: a Keras callback handing the process's freed memory back to
-    the system every ``every`` steps of an epoch; none when ``every`` is None."""
-    if not every:
-        return []
-    import keras
-
-    from pipeline import runtime
-
-    class Callback(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if (batch + 1) % every == 0:
-                runtime.release_free_memory()
-
-    return [Callback()]
 
 
 def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor, run, steps_per_epoch,

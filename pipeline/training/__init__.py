@@ -1,2 +1,3 @@
-"""How a model is trained beyond one process: ``distribute`` sets up the tf.distribute strategy for several
-workers or devices. The trainer itself is the train stage (``pipeline.stages.train``)."""
+"""Training beyond the fit call: the optimizer and its schedule (``optimization``), checkpoints that survive
+``kill -9`` (``checkpoints``), what happens between steps and epochs (``callbacks``) and several workers or devices
+(``distribute``). The train stage (``pipeline.stages.train``) puts them together."""

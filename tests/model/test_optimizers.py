@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from pipeline.config import TrainConfig
 from pipeline.model.optimizers import LazyAdam
-from pipeline.stages.train import build_optimizer
+from pipeline.training.optimization import build_optimizer
 
 VOCAB, DIM = 6, 3
 

@@ -434,7 +434,7 @@ import json, resource, sys
 from pathlib import Path
 import numpy as np
 from pipeline.artifacts import replacing_file
-from pipeline.stages.train import Checkpoints
+from pipeline.training.checkpoints import Checkpoints
 
 folder = Path(sys.argv[1])
 checkpoints = Checkpoints(folder / "train.resume", "key")

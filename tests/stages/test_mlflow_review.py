@@ -102,7 +102,7 @@ def test_learning_rate_is_the_rate_each_epoch_trained_with(tiny_pipeline, runs):
     import keras
     import mlflow
 
-    from pipeline.stages.train import current_learning_rate
+    from pipeline.training.optimization import current_learning_rate
 
     history = mlflow.MlflowClient().get_metric_history(runs["train"].info.run_id, "learning_rate")
     rates = [m.value for m in sorted(history, key=lambda m: m.step)]

@@ -1,4 +1,4 @@
-"""The train stage: outputs, the MLflow run tree, caching, class weights, and resume after ``kill -9``."""
+"""The train stage: outputs, the MLflow run tree, caching, and resume after ``kill -9``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ import time
 
 import mlflow
 import numpy as np
-from sklearn.utils.class_weight import compute_class_weight
 
 from pipeline.__main__ import main
 from pipeline.config import PROJECT_ROOT
-from pipeline.stages import train
 from tests.stages.conftest import SMALL, make_workspace, set_args
 
 
@@ -23,13 +21,6 @@ def test_train_before_preprocessing_says_what_to_run(capsys):
     assert main(["train", *set_args(SMALL)]) == 2
     err = capsys.readouterr().err
     assert "no preprocessing outputs" in err and "make preprocess" in err
-
-
-def test_balanced_class_weights_match_scikit_learn():
-    labels = np.array([0, 0, 0, 1, 2, 2, 0, 1, 0, 0])
-    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
-    np.testing.assert_allclose(train.class_weights(labels, 3), expected)
-    assert train.class_weights(labels, 4)[3] == 0.0  # a class with no documents gets no weight
 
 
 def test_outputs_and_manifest(workspace):
@@ -155,43 +146,6 @@ def test_word2vec_vectors_are_learned_first_and_logged(tmp_path, monkeypatch, ca
     neighbours = client.download_artifacts(run.info.run_id, "train/word2vec_neighbours.txt", str(tmp_path))
     lines = open(neighbours).read().splitlines()
     assert lines and all(": " in line and len(line.split(": ")[1].split(", ")) == 8 for line in lines)
-
-
-def test_checkpoint_of_other_settings_is_ignored(tmp_path):
-    checkpoints = train.Checkpoints(tmp_path / "resume", "fingerprint-a")
-    state = {"epochs_done": 1, "history": {}, "best_epoch": 1, "best_value": 0.5, "wait": 0}
-    # The current values come as pairs read one at a time, as the train stage streams its variables.
-    checkpoints.save(state, iter([("v0000", np.ones(3)), ("opt_v0000", np.arange(6, dtype=np.int64).reshape(2, 3))]),
-                     {"v0000": np.zeros(3)})
-    loaded_state, current, best = checkpoints.load()
-    assert loaded_state["epochs_done"] == 1
-    assert set(current) == {"v0000", "opt_v0000"} and current["opt_v0000"].dtype == np.int64
-    np.testing.assert_array_equal(current["opt_v0000"], np.arange(6).reshape(2, 3))
-    np.testing.assert_array_equal(current["v0000"], np.ones(3))
-    np.testing.assert_array_equal(best["v0000"], np.zeros(3))
-    assert train.Checkpoints(tmp_path / "resume", "fingerprint-b").load() is None
-    (tmp_path / "resume" / "state.json").write_text("{broken")
-    assert checkpoints.load() is None
-
-
-def test_checkpoint_writes_each_variable_before_reading_the_next(tmp_path):
-    # The memory promise of Checkpoints.save: the current values are never all in memory at once.
-    # Each pair is asked for only after the one before it is on disk (np.savez(**dict(pairs))
-    # would read them all before writing anything).
-    folder = tmp_path / "resume" / "epoch-0001"
-    written = []
-
-    def pairs():
-        for i in range(3):
-            path = folder / "state.npz"
-            written.append(path.stat().st_size if path.exists() else 0)
-            yield f"v{i:04d}", np.full((1000,), i, dtype=np.float32)
-
-    state = {"epochs_done": 1, "history": {}, "best_epoch": 1, "best_value": 0.5, "wait": 0}
-    train.Checkpoints(tmp_path / "resume", "key").save(state, pairs(), {})
-    assert written[1] >= written[0] + 4000 and written[2] >= written[1] + 4000
-    with np.load(folder / "state.npz") as loaded:
-        assert [float(loaded[f"v{i:04d}"][0]) for i in range(3)] == [0.0, 1.0, 2.0]
 
 
 def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups(tmp_path, monkeypatch, capsys):
