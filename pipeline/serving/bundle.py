@@ -25,7 +25,6 @@ Each answer is a dict (one DataFrame row for the pyfunc model) with ``OUTPUT_COL
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import time
@@ -40,15 +39,13 @@ import pandas as pd
 
 from pipeline.artifacts import read_json, write_json
 from pipeline.config import PROJECT_ROOT
+from pipeline.serving import limits
 
 BUNDLE_FILES = ("model.keras", "text_processor.json", "vocab.json", "labels.json", "limits.json")
 OUTPUT_COLUMNS = ("label", "probabilities", "sentences", "sentence_weights", "words", "word_weights", "truncated", "error")
 # What the served model needs at run time (the pins come from requirements.txt).
 RUNTIME_PACKAGES = ("tensorflow", "keras", "mlflow", "nltk", "numpy", "pandas", "pydantic", "PyYAML")
 DEFAULT_BATCH_SIZE = 32
-# Request limits of the served model (``make serve`` sets them from the config's ``serve`` section).
-MAX_TEXTS_ENV, MAX_CHARACTERS_ENV = "HAN_SERVE_MAX_TEXTS", "HAN_SERVE_MAX_CHARACTERS"
-DEFAULT_MAX_TEXTS, DEFAULT_MAX_CHARACTERS = 1000, 10_000_000
 # Characters read from one text per word the model reads (max_sentences x max_words): splitting and
 # tokenizing cost grows with the characters, so this bounds what one text costs, whatever its length.
 READ_CHARACTERS_PER_WORD = 64
@@ -349,16 +346,8 @@ class HANTextModel(_PythonModel):
 
 
 def request_limits() -> tuple[int, int]:
-    """(max texts, max characters) per request, from ``HAN_SERVE_MAX_TEXTS`` / ``HAN_SERVE_MAX_CHARACTERS``."""
-    limits = []
-    for name, default in ((MAX_TEXTS_ENV, DEFAULT_MAX_TEXTS), (MAX_CHARACTERS_ENV, DEFAULT_MAX_CHARACTERS)):
-        raw = os.environ.get(name)
-        try:
-            value = default if raw in (None, "") else int(raw)
-        except ValueError:
-            raise ValueError(f"{name}={raw!r} is not an integer") from None
-        limits.append(value)
-    return limits[0], limits[1]
+    """(max texts, max characters) per request (``serve.max_texts``, ``serve.max_characters``; ``pipeline.serving.limits``)."""
+    return limits.current("max_texts"), limits.current("max_characters")
 
 
 def check_request_size(texts: Sequence[Any]) -> None:
@@ -366,11 +355,11 @@ def check_request_size(texts: Sequence[Any]) -> None:
     max_texts, max_characters = request_limits()
     if len(texts) > max_texts:
         raise ValueError(f"the request has {len(texts):,} texts, more than the limit of {max_texts:,} per request "
-                         f"({MAX_TEXTS_ENV}, serve.max_texts); send them in smaller batches")
+                         f"({limits.ENV['max_texts']}, serve.max_texts); send them in smaller batches")
     characters = sum(len(t) for t in texts if isinstance(t, str))
     if characters > max_characters:
         raise ValueError(f"the request has {characters:,} characters of text, more than the limit of "
-                         f"{max_characters:,} ({MAX_CHARACTERS_ENV}, serve.max_characters); send fewer or shorter texts")
+                         f"{max_characters:,} ({limits.ENV['max_characters']}, serve.max_characters); send fewer or shorter texts")
 
 
 def results_frame(results: list[dict[str, Any]]) -> pd.DataFrame:

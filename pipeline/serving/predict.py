@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
+from pipeline.serving import limits
 
-MAX_INPUT_BYTES = 10_000_000
+# A file larger than a request may be (in characters) could not be classified in one request either.
+MAX_INPUT_BYTES = limits.default("max_characters")
 
 
 def read_inputs(text: str | None, file: str | None) -> list[str]:

@@ -23,8 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-MODEL_URI_ENV, MAX_BYTES_ENV = "HAN_SERVE_MODEL_URI", "HAN_SERVE_MAX_BYTES"
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+from pipeline.serving import limits
+
+MODEL_URI_ENV = "HAN_SERVE_MODEL_URI"
 ERROR_MESSAGE_LIMIT = 1000
 
 Scope = dict[str, Any]
@@ -73,7 +74,7 @@ class BodyLimit:
         what = f"is {size:,} bytes" if size is not None else "(sent without a length) grew"
         return {"error_code": "REQUEST_TOO_LARGE",
                 "message": f"the request body {what}, over the limit of {self.max_bytes:,} bytes "
-                           f"({MAX_BYTES_ENV}, serve.max_request_bytes); send fewer or shorter texts per request"}
+                           f"({limits.ENV['max_request_bytes']}, serve.max_request_bytes); send fewer or shorter texts per request"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -148,17 +149,6 @@ class Deadline:
             REQUEST_DEADLINE.reset(token)
 
 
-def max_bytes_from_env() -> int:
-    raw = os.environ.get(MAX_BYTES_ENV, "")
-    try:
-        value = int(raw) if raw else DEFAULT_MAX_BYTES
-    except ValueError:
-        raise ValueError(f"{MAX_BYTES_ENV}={raw!r} is not a whole number of bytes") from None
-    if value < 1:
-        raise ValueError(f"{MAX_BYTES_ENV}={raw!r} must be at least 1")
-    return value
-
-
 def create_app() -> BodyLimit:
     from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
     from mlflow.pyfunc import scoring_server
@@ -169,4 +159,4 @@ def create_app() -> BodyLimit:
     if not uri:
         raise RuntimeError(f"{MODEL_URI_ENV} is not set: start the server with `python -m pipeline serve`")
     app = scoring_server.init(verified_model(uri))
-    return BodyLimit(Deadline(app, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()), max_bytes_from_env())
+    return BodyLimit(Deadline(app, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()), limits.current("max_request_bytes"))

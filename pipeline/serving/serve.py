@@ -42,8 +42,8 @@ def serve_command(config: PipelineConfig) -> ServeCommand:
     import mlflow
 
     from pipeline.registry import ModelIntegrityError, RegistryMismatch, alias_version, check_fits, verified_download
-    from pipeline.serving.bundle import MAX_CHARACTERS_ENV, MAX_TEXTS_ENV
-    from pipeline.serving.rest import MAX_BYTES_ENV, MODEL_URI_ENV
+    from pipeline.serving import limits
+    from pipeline.serving.rest import MODEL_URI_ENV
     from pipeline.tracking import connect, tracking_uri
 
     settings = config.serve
@@ -68,7 +68,6 @@ def serve_command(config: PipelineConfig) -> ServeCommand:
     # The workers import `pipeline` wherever the server is started from.
     python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": python_path, "MLFLOW_TRACKING_URI": uri,
-           MODEL_URI_ENV: f"models:/{name}/{version}", MAX_BYTES_ENV: str(settings.max_request_bytes),
-           MAX_TEXTS_ENV: str(settings.max_texts), MAX_CHARACTERS_ENV: str(settings.max_characters),
+           MODEL_URI_ENV: f"models:/{name}/{version}", **limits.environment(settings),
            "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(settings.timeout_seconds)}
     return ServeCommand(argv, env, model_uri, version, f"http://{settings.host}:{settings.port}")

@@ -261,8 +261,8 @@ def _reason(check: dict[str, Any]) -> str:
 def run(config: PipelineConfig) -> EvaluateResult:
     from pipeline.data.shards import load_split
     from pipeline.evaluation.metrics import classification_metrics, multilabel_metrics
-    from pipeline.model.han import load_han
     from pipeline.runtime import apply_runtime
+    from pipeline.serving.bundle import RawTextClassifier
 
     apply_runtime(config.resolved().runtime)
     prep_dir = config.stage_dir("preprocess")
@@ -271,25 +271,27 @@ def run(config: PipelineConfig) -> EvaluateResult:
     if read_manifest(prep_dir) is None:
         raise EvaluateError(f"no preprocessing outputs in {prep_dir}; run `{config.command('preprocess')}` "
                             f"(or `{config.command('pipeline')}`) first")
-    if train_manifest is None or not (train_dir / "model.keras").is_file():
+    if train_manifest is None or not (train_dir / "bundle").is_dir():
         raise EvaluateError(f"no trained model in {train_dir}; run `{config.command('train')}` "
                             f"(or `{config.command('pipeline')}`) first")
     started = time.perf_counter()
-    labels: list[str] = read_json(prep_dir / "labels.json")
+    # The model artifact predict and serve load: its labels, thresholds and weights, not a second reading of them.
+    bundle = RawTextClassifier.from_directory(train_dir / "bundle")
+    labels = bundle.labels
     test = load_split(prep_dir, "test")
     if len(test) == 0:
         raise EvaluateError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
     settings = config.evaluate
 
     multilabel = config.data.multilabel
-    thresholds = read_json(train_dir / "thresholds.json")["thresholds"] if multilabel else None
+    thresholds = bundle.thresholds
 
     def scored(truth: np.ndarray, probabilities: np.ndarray, decision_thresholds=0.5) -> dict[str, Any]:
         if multilabel:
             return multilabel_metrics(truth, probabilities, labels, decision_thresholds)
         return classification_metrics(truth, probabilities, labels, settings.calibration_bins)
 
-    probabilities = predict_probabilities(load_han(train_dir / "model.keras"), test, settings.batch_size)
+    probabilities = predict_probabilities(bundle.model, test, settings.batch_size)
     metrics = scored(test.labels, probabilities, thresholds)
     _log(f"HAN on {len(test):,} test documents: {headline(metrics)}")
 

@@ -248,35 +248,34 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
 
 def _explain_test_split(config: PipelineConfig) -> ExplainResult:
     from pipeline.data.shards import load_split
-    from pipeline.data.text import TextProcessor
     from pipeline.evaluation.faithfulness import evidence_hit_rate, faithfulness
-    from pipeline.model.han import document_outputs, inference_function, load_han
+    from pipeline.model.han import document_outputs
+    from pipeline.serving.bundle import RawTextClassifier
 
     started = time.perf_counter()
     prep_dir = config.stage_dir("preprocess")
     settings = config.explain
-    labels: list[str] = read_json(prep_dir / "labels.json")
-    limits = read_json(prep_dir / "stats.json")["limits"]
-    processor = TextProcessor.load(prep_dir / "text_processor.json")
+    # The model artifact predict and serve load: its labels, text processor, limits and thresholds.
+    bundle = RawTextClassifier.from_directory(config.stage_dir("train") / "bundle")
+    labels, processor, max_words = bundle.labels, bundle.processor, bundle.max_words
     test = load_split(prep_dir, "test")
     if len(test) == 0:
         raise ExplainError("the test split is empty; set preprocess.split.test above 0 and preprocess again")
     rows = [json.loads(line) for line in (prep_dir / "test.documents.jsonl").read_text(encoding="utf-8").splitlines()]
     documents = test.documents()
-    infer = inference_function(load_han(config.stage_dir("train") / "model.keras"))
+    infer = bundle.infer
 
     outputs = document_outputs(infer, documents, settings.batch_size)
-    bundle_thresholds = config.stage_dir("train") / "bundle" / "thresholds.json"
-    thresholds = read_json(bundle_thresholds) if bundle_thresholds.is_file() else None
+    thresholds = None if bundle.thresholds is None else bundle.thresholds.tolist()
     explanations = []
     for i, (row, doc, out) in enumerate(zip(rows, documents, outputs, strict=True)):
         sentences = row["sentences"][: len(doc)]
-        words = [processor.tokenizer.tokenize(s)[: limits["max_words"]] for s in sentences]
+        tokens = [processor.tokenizer.tokenize(s) for s in sentences]  # once per sentence
+        words = [sentence[:max_words] for sentence in tokens]
         if [len(w) for w in words] != [len(s) for s in doc]:
             raise ExplainError(f"test document {row['id']} re-tokenizes differently from preprocessing; "
                                f"preprocess again (`{config.command('preprocess', '--force')}`)")
-        truncated = len(row["sentences"]) > len(doc) or any(len(t) > len(w) for t, w in zip(
-            (processor.tokenizer.tokenize(s) for s in sentences), words, strict=True))
+        truncated = len(row["sentences"]) > len(doc) or any(len(sentence) > max_words for sentence in tokens)
         explanations.append(record(str(test.ids[i]), row["label"], labels, sentences, words, out, truncated, thresholds))
     if thresholds is not None:  # per predicted label, the sentence it rests on most: for the documents in the report
         shown = {id(e) for e in _report_selection(explanations, settings.report_documents)}
