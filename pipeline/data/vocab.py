@@ -87,21 +87,9 @@ class Vocabulary:
     def __contains__(self, token: str) -> bool:
         return token in self._ids
 
-    def token_to_id(self, token: str) -> int:
-        """The id ``encode`` gives ``token``: OOV (1) for unknown words and for the reserved names."""
-        return self._ids.get(token, OOV)
-
-    def id_to_token(self, index: int) -> str:
-        if not 0 <= index < len(self.tokens):
-            raise IndexError(f"token id {index} is outside the vocabulary (0..{len(self.tokens) - 1})")
-        return self.tokens[index]
-
     def encode(self, tokens: Iterable[str]) -> list[int]:
         ids = self._ids
         return [ids.get(token, OOV) for token in tokens]
-
-    def encode_document(self, sentences: Iterable[Iterable[str]]) -> list[list[int]]:
-        return [self.encode(sentence) for sentence in sentences]
 
     def oov_rate(self, documents: Iterable[list[list[str]]]) -> float:
         """Fraction of the tokens in ``documents`` that map to OOV (0.0 when there are none)."""

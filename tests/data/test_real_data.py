@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import DataConfig
 from pipeline.data.readers import ReadReport, read_documents
 from pipeline.data.records import RawDocument
-from pipeline.data.validate import validate_documents
+from tests.data.validating import validate_documents
 
 pytestmark = pytest.mark.real_data
 

@@ -16,7 +16,8 @@ from pipeline.data.records import (
     RawDocument,
     Rejected,
 )
-from pipeline.data.validate import validate_documents, write_quarantine
+from pipeline.data.validate import write_quarantine
+from tests.data.validating import validate_documents
 
 MAX_CHARS = 50
 

@@ -21,7 +21,6 @@ DOCUMENTS = [
 def test_reserved_ids():
     vocab = Vocabulary.build(DOCUMENTS, min_count=1, max_size=100)
     assert (PAD, OOV) == (0, 1)
-    assert vocab.id_to_token(PAD) == PAD_TOKEN and vocab.id_to_token(OOV) == OOV_TOKEN
     assert vocab.tokens[:2] == [PAD_TOKEN, OOV_TOKEN]
 
 
@@ -43,7 +42,7 @@ def test_ids_do_not_depend_on_document_order():
 def test_min_count_is_respected():
     vocab = Vocabulary.build(DOCUMENTS, min_count=2, max_size=100)
     assert vocab.tokens[2:] == ["the", "cat", "sat", "mat", "on"]
-    assert vocab.token_to_id("dog") == OOV
+    assert vocab.encode(["dog"]) == [OOV]
 
 
 def test_max_size_includes_pad_and_oov():
@@ -59,8 +58,7 @@ def test_max_size_includes_pad_and_oov():
 def test_encoding_maps_unknown_words_to_oov():
     vocab = Vocabulary.build(DOCUMENTS, min_count=2, max_size=100)
     assert vocab.encode(["the", "zebra", "cat"]) == [2, OOV, 3]
-    assert vocab.encode_document([["the", "dog"], [], ["mat"]]) == [[2, OOV], [], [5]]
-    assert vocab.token_to_id("the") == 2 and "the" in vocab and "zebra" not in vocab
+    assert "the" in vocab and "zebra" not in vocab
 
 
 def test_reserved_names_in_text_are_words_not_padding():
@@ -68,12 +66,6 @@ def test_reserved_names_in_text_are_words_not_padding():
     vocab = Vocabulary.from_counts(counts, min_count=1, max_size=10)
     assert vocab.tokens == [PAD_TOKEN, OOV_TOKEN, "word"]
     assert vocab.encode(["<pad>", "<oov>", "word"]) == [OOV, OOV, 2]
-
-
-def test_id_out_of_range():
-    vocab = Vocabulary.build(DOCUMENTS, 1, 100)
-    with pytest.raises(IndexError, match="outside the vocabulary"):
-        vocab.id_to_token(len(vocab))
 
 
 def test_oov_rate():
@@ -100,7 +92,7 @@ def test_save_load_round_trip(tmp_path):
     assert data["tokens"] == vocab.tokens and data["min_count"] == 1 and data["max_size"] == 6
     loaded = Vocabulary.load(path)
     assert loaded == vocab
-    assert loaded.encode_document(DOCUMENTS[1]) == vocab.encode_document(DOCUMENTS[1])
+    assert [loaded.encode(sentence) for sentence in DOCUMENTS[1]] == [vocab.encode(sentence) for sentence in DOCUMENTS[1]]
 
 
 def test_broken_files_are_refused(tmp_path):
