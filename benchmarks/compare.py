@@ -80,6 +80,7 @@ ACCURACY = {"bbc": 0.985, "imdb": 0.915}
 MICRO_F1 = {"reuters": 0.85}  # issue #32
 TRAIN_MINUTES = 30.0          # word2vec and training together
 EXPLAIN_P50_MS = 50.0
+COMPREHENSIVENESS_K, COMPREHENSIVENESS_RATIO = 2, 3.0  # issue #28: attention's top 2 sentences matter 3x random 2
 TRAIN_PEAK_MB = {"imdb": 1200.0}
 
 
@@ -247,7 +248,10 @@ def han_training_flops(config: PipelineConfig, words: int, sentences: int) -> fl
     e, uw, us = model.embedding.dim, model.word_units, model.sentence_units
     cw, cs = model.word_attention.context_dim, model.sentence_attention.context_dim
     word = 2 * 3 * 2 * (e * uw + uw * uw) + 2 * (2 * uw) * cw + 2 * cw
-    sentence = 2 * 3 * 2 * (2 * uw * us + us * us) + 2 * (2 * us) * cs + 2 * cs
+    if model.sentence_encoder == "none":  # attention straight over the sentence vectors
+        sentence = 2 * (2 * uw) * cs + 2 * cs
+    else:
+        sentence = 2 * 3 * 2 * (2 * uw * us + us * us) + 2 * (2 * us) * cs + 2 * cs
     return 3.0 * (words * word + sentences * sentence)
 
 
@@ -257,6 +261,7 @@ def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> d
     from pipeline.model.han import document_outputs, inference_function, load_han
     from pipeline.serving.bundle import RawTextClassifier
     from pipeline.stages import train
+    from pipeline.stages.explain import sampled_faithfulness
 
     prep = config.stage_dir("preprocess")
     trained = train.run(config, force=True)
@@ -277,6 +282,9 @@ def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> d
     thresholds = json.loads(thresholds_path.read_text())["thresholds"] if thresholds_path.is_file() else 0.5
     scores = {**_scores(test.labels, probabilities, thresholds), "train_docs_per_s": round(len(train_split) * epochs / seconds, 1),
               "train_seconds": round(seconds, 2), "word2vec_seconds": manifest.get("word2vec_seconds"), "epochs": epochs}
+    # The explain stage's comprehensiveness and sufficiency, on its sample of the test split, for every seed.
+    scores["faithfulness"] = faithfulness_figures(
+        sampled_faithfulness(config, infer, documents, [out["sentence_weights"] for out in outputs]))
     if not full:
         return scores
 
@@ -291,6 +299,33 @@ def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> d
             "limits": json.loads((prep / "stats.json").read_text())["limits"],
             "flops": {"achieved_per_s": round(achieved), "matmul_per_s": round(peak),
                       "fraction_of_matmul": round(achieved / peak, 4)}}
+
+
+def faithfulness_figures(faith: dict[str, Any]) -> dict[str, Any]:
+    """What issue #28's explanation targets read from one seed's faithfulness: per k, comprehensiveness
+    (higher is better) and sufficiency (lower is better) of attention's top-k sentences and of k random ones,
+    and comprehensiveness as a multiple of random's."""
+    def rounded(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
+
+    return {"documents": faith["documents_sampled"], "comprehensiveness_ratio": rounded(faith["ratio"]),
+            **{measure: {kind: rounded(faith[kind][measure]) for kind in ("attention", "random")}
+               for measure in ("comprehensiveness", "sufficiency")}}
+
+
+def mean_faithfulness(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """``faithfulness_figures`` averaged over seeds, value by value (a k no document reached stays None)."""
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return round(float(np.mean(values)), 4) if values else None
+
+    first = per_seed[0]
+    return {"documents": first["documents"], "seeds": len(per_seed),
+            "comprehensiveness_ratio": {k: mean([f["comprehensiveness_ratio"][k] for f in per_seed])
+                                        for k in first["comprehensiveness_ratio"]},
+            **{measure: {kind: {k: mean([f[measure][kind][k] for f in per_seed]) for k in first[measure][kind]}
+                         for kind in ("attention", "random")}
+               for measure in ("comprehensiveness", "sufficiency")}}
 
 
 def reference_optimizer(config: PipelineConfig, train_documents: int):
@@ -468,7 +503,10 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         summary[metric] = round(float(np.mean(values)), 4)
         summary[f"{metric}_seeds"] = values
         summary[f"{metric}_spread"] = round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else None
-    summary["per_seed"] = [{key: r.get(key) for key in ("seed", "accuracy", "macro_f1", "micro_f1", "epochs", "train_seconds")
+    if all("faithfulness" in r for r in per_seed):
+        summary["faithfulness"] = mean_faithfulness([r["faithfulness"] for r in per_seed])
+    summary["per_seed"] = [{key: r.get(key) for key in ("seed", "accuracy", "macro_f1", "micro_f1", "epochs", "train_seconds",
+                                                        "faithfulness")
                             if key in r}
                            for r in per_seed]
     return summary
@@ -550,6 +588,19 @@ def targets(dataset: str, systems: dict[str, dict[str, Any]]) -> list[dict[str, 
         p50 = han["explain_p50_ms"]
         row("explain_p50_ms", f"one-document explain p50 < {EXPLAIN_P50_MS:g} ms", p50, EXPLAIN_P50_MS,
             p50 < EXPLAIN_P50_MS, f"{p50:.1f} ms")
+        faith = han.get("faithfulness")
+        if faith and faith["comprehensiveness_ratio"].get(str(COMPREHENSIVENESS_K)) is not None:
+            ratio = faith["comprehensiveness_ratio"][str(COMPREHENSIVENESS_K)]
+            row("comprehensiveness", f"explanations: comprehensiveness at k = {COMPREHENSIVENESS_K} >= "
+                f"{COMPREHENSIVENESS_RATIO:g}x random's, mean over seeds", ratio, COMPREHENSIVENESS_RATIO,
+                ratio >= COMPREHENSIVENESS_RATIO, f"{ratio:.2f}x")
+        if faith:
+            pairs = [(k, faith["sufficiency"]["attention"][k], faith["sufficiency"]["random"][k])
+                     for k in faith["sufficiency"]["attention"] if faith["sufficiency"]["attention"][k] is not None]
+            if pairs:
+                worst = max(mine - chance for _, mine, chance in pairs)
+                row("sufficiency", "explanations: sufficiency better (lower) than random's at every k, mean over seeds",
+                    worst, 0.0, worst < 0, ", ".join(f"k={k}: {mine:.3f} vs {chance:.3f}" for k, mine, chance in pairs))
         if dataset in TRAIN_PEAK_MB:
             peak = han["train_peak_rss_mb"]
             row("train_peak_rss_mb", f"training peak RSS <= {TRAIN_PEAK_MB[dataset]:,.0f} MB", peak, TRAIN_PEAK_MB[dataset],
@@ -607,11 +658,23 @@ def markdown(results: dict[str, Any]) -> str:
         if han and han.get("word2vec_seconds"):
             lines += [f"HAN word vectors: word2vec on the training split first, {han['word2vec_seconds']:.0f} s "
                       "(not in train_seconds; the reference HAN starts from random vectors)"]
+        if han and han.get("faithfulness"):
+            faith = han["faithfulness"]
+            lines += [f"HAN explanations ({faith['documents']} test documents per seed, mean of {faith['seeds']} seeds; "
+                      "attention's top-k sentences vs k random ones): comprehensiveness "
+                      + ", ".join(f"k={k}: {faith['comprehensiveness']['attention'][k]:.3f} vs "
+                                  f"{faith['comprehensiveness']['random'][k]:.3f}"
+                                  for k in faith["comprehensiveness"]["attention"]
+                                  if faith["comprehensiveness"]["attention"][k] is not None)
+                      + " (higher is better); sufficiency "
+                      + ", ".join(f"k={k}: {faith['sufficiency']['attention'][k]:.3f} vs {faith['sufficiency']['random'][k]:.3f}"
+                                  for k in faith["sufficiency"]["attention"] if faith["sufficiency"]["attention"][k] is not None)
+                      + " (lower is better)"]
         if han and "flops" in han:
             lines += [f"HAN training FLOP/s on real tokens: {han['flops']['fraction_of_matmul']:.1%} of a dense matmul's"]
         rows = results.get("targets", {}).get(dataset)
         if rows:
-            lines += ["", "Targets (issue #9; HAN >= baseline: issue #28)"
+            lines += ["", "Targets (issue #9; HAN >= baseline and explanations: issue #28)"
                       + (": a quick run's subsample, not the full dataset the targets are for" if results["quick"] else ""),
                       "", "| target | this run | met |", "|---|---|---|"]
             lines += [f"| {r['target']} | {r['shown']} | {'yes' if r['met'] else '**no**'} |" for r in rows]

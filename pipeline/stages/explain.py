@@ -60,6 +60,21 @@ def probabilities_fn(infer, batch_size: int):
     return predict
 
 
+def sampled_faithfulness(config: PipelineConfig, infer, documents: list, sentence_weights: list[np.ndarray]) -> dict[str, Any]:
+    """Comprehensiveness and sufficiency on ``explain.faithfulness_documents`` of ``documents``, drawn with the
+    config's seed: what the explain stage reports, and what the benchmark measures for each seed."""
+    from pipeline.evaluation.faithfulness import faithfulness
+
+    settings = config.explain
+    rng = np.random.default_rng(config.seed)
+    subset = np.sort(rng.permutation(len(documents))[: settings.faithfulness_documents])
+    faith = faithfulness(probabilities_fn(infer, settings.batch_size), [documents[i] for i in subset],
+                         [sentence_weights[i] for i in subset], ks=tuple(settings.ks),
+                         random_draws=settings.random_draws, seed=config.seed)
+    faith["documents_sampled"] = len(subset)
+    return faith
+
+
 def record(doc_id: str, label: str | list[str] | None, labels: list[str], sentences: list[str], words: list[list[str]],
            outputs: dict[str, Any], truncated: bool, thresholds: list[float] | None = None) -> dict[str, Any]:
     """One explanation record (the schema in ``pipeline.evaluation.report``).
@@ -248,7 +263,7 @@ def _explain_texts(config: PipelineConfig, texts: list[str], labels_given: list[
 
 def _explain_test_split(config: PipelineConfig) -> ExplainResult:
     from pipeline.data.shards import load_split
-    from pipeline.evaluation.faithfulness import evidence_hit_rate, faithfulness
+    from pipeline.evaluation.faithfulness import evidence_hit_rate
     from pipeline.model.han import document_outputs
     from pipeline.serving.bundle import RawTextClassifier
 
@@ -284,13 +299,8 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
                            probabilities_fn(infer, settings.batch_size))
     _log(f"explained {len(explanations):,} test documents in {time.perf_counter() - started:.1f}s")
 
-    rng = np.random.default_rng(config.seed)
-    subset = np.sort(rng.permutation(len(documents))[: settings.faithfulness_documents])
     measured = time.perf_counter()
-    faith = faithfulness(probabilities_fn(infer, settings.batch_size), [documents[i] for i in subset],
-                         [outputs[i]["sentence_weights"] for i in subset], ks=tuple(settings.ks),
-                         random_draws=settings.random_draws, seed=config.seed)
-    faith["documents_sampled"] = len(subset)
+    faith = sampled_faithfulness(config, infer, documents, [out["sentence_weights"] for out in outputs])
     evidence = [row.get("meta", {}).get("evidence") for row in rows]
     if any(e for e in evidence):
         hits = evidence_hit_rate([out["sentence_weights"] for out in outputs], [e or [] for e in evidence])

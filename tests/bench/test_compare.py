@@ -19,6 +19,7 @@ from benchmarks.compare import (
     SYSTEMS,
     han_training_flops,
     markdown,
+    mean_faithfulness,
     parse_seeds,
     quick_corpus,
     reference_optimizer,
@@ -75,12 +76,19 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
     # Where the run stands on the issue's targets, from its own figures (a quick run says it is one).
     rows = {row["key"]: row for row in results["targets"]["bbc"]}
     assert set(rows) == {"training_ratio", "inference_ratio", "accuracy_vs_reference", "accuracy_vs_baseline",
-                         "accuracy", "train_minutes", "explain_p50_ms"}
+                         "accuracy", "train_minutes", "explain_p50_ms", "comprehensiveness", "sufficiency"}
+    # The explain stage's faithfulness for every seed of the HAN, and its mean over them.
+    seeds_faith = [r["faithfulness"] for r in han["per_seed"]]
+    assert len(seeds_faith) == 2 and all(f["documents"] > 0 for f in seeds_faith)
+    assert han["faithfulness"]["comprehensiveness_ratio"]["2"] == pytest.approx(
+        sum(f["comprehensiveness_ratio"]["2"] for f in seeds_faith) / 2, abs=1e-4)
+    assert rows["comprehensiveness"]["met"] == (han["faithfulness"]["comprehensiveness_ratio"]["2"] >= 3.0)
+    assert "sufficiency" in table and "HAN explanations" in table
     assert rows["training_ratio"]["value"] == round(han["train_docs_per_s"] / reference["train_docs_per_s"], 4)
     assert rows["accuracy"]["met"] == (han["accuracy"] >= 0.985)
     assert rows["accuracy_vs_baseline"]["met"] == (han["accuracy"] >= tfidf["accuracy"])
     assert rows["accuracy_vs_baseline"]["threshold"] == tfidf["accuracy"] and "HAN >= baseline" in table
-    assert "Targets (issue #9; HAN >= baseline: issue #28): a quick run's subsample" in table
+    assert "Targets (issue #9; HAN >= baseline and explanations: issue #28): a quick run's subsample" in table
 
     import mlflow
 
@@ -181,3 +189,24 @@ def test_the_reference_han_trains_with_the_configs_optimizer_and_schedule():
     assert float(optimizer.learning_rate) == pytest.approx(config.train.learning_rate)
     optimizer.iterations.assign(4)  # one epoch: ceil(100 / 32) batches
     assert float(optimizer.learning_rate) == pytest.approx(config.train.learning_rate * config.train.decay_rate)
+
+
+def _faith(ratio2: float, sufficiency: dict[str, float], random: dict[str, float]) -> dict:
+    return {"documents": 100, "comprehensiveness_ratio": {"1": 2.0, "2": ratio2, "3": None},
+            "comprehensiveness": {"attention": {"1": 0.2, "2": 0.3, "3": None}, "random": {"1": 0.1, "2": 0.1, "3": None}},
+            "sufficiency": {"attention": sufficiency, "random": random}}
+
+
+def test_explanation_targets_read_the_mean_over_seeds():
+    per_seed = [_faith(2.0, {"1": 0.3, "2": 0.2}, {"1": 0.4, "2": 0.3}),
+                _faith(4.0, {"1": 0.1, "2": 0.1}, {"1": 0.4, "2": 0.1})]
+    mean = mean_faithfulness(per_seed)
+    assert mean["seeds"] == 2 and mean["comprehensiveness_ratio"] == {"1": 2.0, "2": 3.0, "3": None}
+    assert mean["sufficiency"]["attention"] == {"1": 0.2, "2": 0.15} and mean["sufficiency"]["random"]["2"] == 0.2
+    rows = {r["key"]: r for r in targets("bbc", _figures(faithfulness=mean))}
+    assert rows["comprehensiveness"]["met"] and rows["comprehensiveness"]["shown"] == "3.00x"  # exactly 3x counts
+    assert rows["sufficiency"]["met"] and rows["sufficiency"]["value"] == -0.05  # k=2: 0.15 vs 0.20, the closer k
+    assert rows["sufficiency"]["shown"] == "k=1: 0.200 vs 0.400, k=2: 0.150 vs 0.200"
+    level = mean_faithfulness([_faith(2.9, {"1": 0.3, "2": 0.2}, {"1": 0.4, "2": 0.2})])
+    rows = {r["key"]: r for r in targets("bbc", _figures(faithfulness=level))}
+    assert not rows["comprehensiveness"]["met"] and not rows["sufficiency"]["met"]  # level with random is not better
