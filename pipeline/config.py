@@ -276,7 +276,7 @@ class EmbeddingConfig(_Strict):
 class ModelConfig(_Strict):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     word_encoder: Literal["gru", "lstm"] = "gru"
-    sentence_encoder: Literal["gru", "lstm", "transformer"] = "gru"
+    sentence_encoder: Literal["gru", "lstm", "transformer", "none"] = "gru"
     word_units: int = Field(50, ge=1, le=2048)
     word_buckets: Annotated[int, Field(ge=1, le=32)] | Literal["auto"] = Field(
         "auto",

@@ -489,13 +489,19 @@ def build_han(
 
     # Sentence level.
     sentence_mask = SentenceMask(name="sentence_mask")(token_ids)
-    if config.sentence_encoder == "transformer":
-        sentence_encoder = TransformerSentenceEncoder(
-            2 * config.sentence_units, config.transformer_heads, config.dropout, name="sentence_encoder"
-        )
+    if config.sentence_encoder == "none":
+        # No context across sentences: a sentence's state is its own vector, so the document vector is
+        # the attention-weighted sum of what each sentence says by itself (removing a sentence removes
+        # exactly its weighted share).
+        sentence_states = sentence_vectors
     else:
-        sentence_encoder = _bidirectional(config.sentence_encoder, config.sentence_units, "sentence_encoder")
-    sentence_states = sentence_encoder(sentence_vectors, mask=sentence_mask)
+        if config.sentence_encoder == "transformer":
+            sentence_encoder = TransformerSentenceEncoder(
+                2 * config.sentence_units, config.transformer_heads, config.dropout, name="sentence_encoder"
+            )
+        else:
+            sentence_encoder = _bidirectional(config.sentence_encoder, config.sentence_units, "sentence_encoder")
+        sentence_states = sentence_encoder(sentence_vectors, mask=sentence_mask)
     document_vector, sentence_weights = attention_pooling(config.sentence_attention, "sentence_attention")(
         sentence_states, mask=sentence_mask
     )

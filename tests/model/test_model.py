@@ -33,6 +33,7 @@ OPTIONS = {
     "location": {"word_attention": {"score": "location"}, "sentence_attention": {"score": "location"}},
     "lstm": {"word_encoder": "lstm", "sentence_encoder": "lstm"},
     "transformer": {"sentence_encoder": "transformer"},
+    "no_sentence_context": {"sentence_encoder": "none"},
     "hard": {"word_attention": {"mode": "hard"}, "sentence_attention": {"mode": "hard", "hard_k": 2}},
     "hard_gumbel": {"sentence_attention": {"mode": "hard", "hard_training": "gumbel", "gumbel_temperature": 0.5}},
     "local": {"word_attention": {"mode": "local", "local_window": 1}, "sentence_attention": {"mode": "local"}},
@@ -130,6 +131,26 @@ def test_weights_sum_to_one_over_real_positions_and_are_exactly_zero_on_padding(
     np.testing.assert_allclose(word_weights.sum(axis=2), real_sentences.astype("float32"), atol=1e-6)
     for value in outputs.values():
         assert np.isfinite(value).all()
+
+
+def test_without_a_sentence_encoder_the_weights_are_each_sentences_share_of_the_document():
+    """``sentence_encoder: none``: a sentence's state is its own vector, so its weight does not depend on
+    its neighbours or its place, and the prediction does not depend on the sentences' order."""
+    model = build_han(small_config(sentence_encoder="none"), VOCAB_SIZE, NUM_CLASSES)
+    document = LONG_DOCUMENT[:4]
+    reordered = [document[i] for i in (2, 0, 3, 1)]
+    outputs = numpy_outputs(model, pad([document, reordered]))
+    np.testing.assert_allclose(outputs["probabilities"][0], outputs["probabilities"][1], atol=1e-6)
+    np.testing.assert_allclose(outputs["sentence_weights"][1], outputs["sentence_weights"][0][[2, 0, 3, 1]], atol=1e-6)
+    # Removing a sentence leaves the others' weights in the same proportions.
+    shorter = numpy_outputs(model, pad([document[1:]]))["sentence_weights"][0]
+    np.testing.assert_allclose(shorter, outputs["sentence_weights"][0][1:] / outputs["sentence_weights"][0][1:].sum(),
+                               atol=1e-6)
+    assert not any("sentence_encoder" in layer.name for layer in model.layers)
+    # With the BiGRU over sentences, order matters (the check above could fail).
+    gru = build_han(small_config(), VOCAB_SIZE, NUM_CLASSES)
+    outputs = numpy_outputs(gru, pad([document, reordered]))
+    assert np.abs(outputs["probabilities"][0] - outputs["probabilities"][1]).max() > 1e-5
 
 
 def test_a_batch_without_any_word_gives_finite_outputs():
