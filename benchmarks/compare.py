@@ -42,6 +42,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -715,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated seeds, each a split (where the dataset has none) and an "
                                         f"initialisation (default {','.join(map(str, SEEDS))}; with --quick "
                                         f"{','.join(map(str, QUICK_SEEDS))})")
+    parser.add_argument("--tag", help="an experiment's name: writes <date>-<tag>.json/.md, which the results index lists "
+                                      "but never takes headline figures from (e.g. --tag imdb-explanations)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results",
                         help="folder for <date>.json and <date>.md (default benchmarks/results/)")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -725,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args.child, args.dataset, args.quick, args.data_path, json.loads(args.plan))
 
+    if args.tag and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
+        parser.error(f"--tag {args.tag!r}: lower-case letters, digits and dashes (it names the results files)")
     datasets = [d for d in args.datasets.split(",") if d]
     systems = [s for s in args.systems.split(",") if s]
     unknown = [d for d in datasets if d not in DATASETS] + [s for s in systems if s not in SYSTEMS]
@@ -741,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
                                "spread": SPREAD, "speed_and_memory": "the first seed's run, a fresh process per system",
                                "splits": {}, "datasets": {}}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{date}{'-quick' if args.quick else ''}"
+    stem = f"{date}{'-' + args.tag if args.tag else ''}{'-quick' if args.quick else ''}"
     json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
     with tempfile.TemporaryDirectory(prefix="han-bench-") as scratch:
         for dataset in datasets:
@@ -797,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     _track(results, json_path, md_path)
     print(md_path.read_text())
     log(f"results in {json_path} and {md_path}")
-    if args.out.resolve() == results_index.RESULTS and not args.quick:
+    if args.out.resolve() == results_index.RESULTS and not args.quick and not args.tag:
         results_index.main([])  # the results index and the README's headline table follow the new run
     return 0
 
