@@ -310,6 +310,7 @@ def faithfulness_figures(faith: dict[str, Any]) -> dict[str, Any]:
         return {k: None if v is None else round(float(v), 4) for k, v in values.items()}
 
     return {"documents": faith["documents_sampled"], "comprehensiveness_ratio": rounded(faith["ratio"]),
+            "weight_share": rounded(faith["weight_share"]),
             **{measure: {kind: rounded(faith[kind][measure]) for kind in ("attention", "random")}
                for measure in ("comprehensiveness", "sufficiency")}}
 
@@ -324,6 +325,7 @@ def mean_faithfulness(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return {"documents": first["documents"], "seeds": len(per_seed),
             "comprehensiveness_ratio": {k: mean([f["comprehensiveness_ratio"][k] for f in per_seed])
                                         for k in first["comprehensiveness_ratio"]},
+            "weight_share": {k: mean([f.get("weight_share", {}).get(k) for f in per_seed]) for k in first.get("weight_share", {})},
             **{measure: {kind: {k: mean([f[measure][kind][k] for f in per_seed]) for k in first[measure][kind]}
                          for kind in ("attention", "random")}
                for measure in ("comprehensiveness", "sufficiency")}}
@@ -670,7 +672,8 @@ def markdown(results: dict[str, Any]) -> str:
                       + " (higher is better); sufficiency "
                       + ", ".join(f"k={k}: {faith['sufficiency']['attention'][k]:.3f} vs {faith['sufficiency']['random'][k]:.3f}"
                                   for k in faith["sufficiency"]["attention"] if faith["sufficiency"]["attention"][k] is not None)
-                      + " (lower is better)"]
+                      + " (lower is better); top sentences' share of the weight "
+                      + ", ".join(f"top {k}: {v:.0%}" for k, v in faith.get("weight_share", {}).items() if v is not None)]
         if han and "flops" in han:
             lines += [f"HAN training FLOP/s on real tokens: {han['flops']['fraction_of_matmul']:.1%} of a dense matmul's"]
         rows = results.get("targets", {}).get(dataset)

@@ -162,6 +162,18 @@ def faithfulness(predict_fn: PredictFn, documents: list[Document], sentence_weig
     return result
 
 
+def weight_share(sentence_weights: list[np.ndarray], ks: Sequence[int] = (1, 2)) -> dict[str, float | None]:
+    """Mean share of a document's sentence weight on its top-k sentences, over the documents with more than k
+    sentences (a shorter one holds all of it trivially); None for a k no document reaches. How concentrated
+    the attention is: what a reader sees, where comprehensiveness says whether it matters."""
+    shares: dict[str, float | None] = {}
+    for k in ks:
+        values = [float(np.sort(w)[::-1][:k].sum()) for w in (np.asarray(w, dtype=np.float64).reshape(-1)
+                                                               for w in sentence_weights) if len(w) > k]
+        shares[str(k)] = float(np.mean(values)) if values else None
+    return shares
+
+
 def evidence_hit_rate(sentence_weights: list[np.ndarray], evidence: list[list[int]]) -> dict[str, Any]:
     """Share of documents whose top-weighted sentence is one of their known evidence sentences.
 
@@ -182,8 +194,9 @@ def evidence_hit_rate(sentence_weights: list[np.ndarray], evidence: list[list[in
 
 
 def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """Scalars for ``mlflow.log_metrics``: ``faithfulness.<measure>.<kind>.k<k>``, ``faithfulness.<measure>_aopc.<kind>``
-    and ``faithfulness.comprehensiveness_ratio.k<k>``; undefined (None) values are left out."""
+    """Scalars for ``mlflow.log_metrics``: ``faithfulness.<measure>.<kind>.k<k>``, ``faithfulness.<measure>_aopc.<kind>``,
+    ``faithfulness.comprehensiveness_ratio.k<k>`` and ``faithfulness.weight_share.top<k>``; undefined (None) values are
+    left out."""
     flat: dict[str, float] = {}
     for kind in KINDS:
         for measure in MEASURES:
@@ -196,6 +209,9 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
     for key, value in result["ratio"].items():
         if value is not None:
             flat[f"faithfulness.comprehensiveness_ratio.k{key}"] = float(value)
+    for key, value in (result.get("weight_share") or {}).items():
+        if value is not None:
+            flat[f"faithfulness.weight_share.top{key}"] = float(value)
     return flat
 
 

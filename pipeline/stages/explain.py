@@ -63,7 +63,7 @@ def probabilities_fn(infer, batch_size: int):
 def sampled_faithfulness(config: PipelineConfig, infer, documents: list, sentence_weights: list[np.ndarray]) -> dict[str, Any]:
     """Comprehensiveness and sufficiency on ``explain.faithfulness_documents`` of ``documents``, drawn with the
     config's seed: what the explain stage reports, and what the benchmark measures for each seed."""
-    from pipeline.evaluation.faithfulness import faithfulness
+    from pipeline.evaluation.faithfulness import faithfulness, weight_share
 
     settings = config.explain
     rng = np.random.default_rng(config.seed)
@@ -72,6 +72,7 @@ def sampled_faithfulness(config: PipelineConfig, infer, documents: list, sentenc
                          [sentence_weights[i] for i in subset], ks=tuple(settings.ks),
                          random_draws=settings.random_draws, seed=config.seed)
     faith["documents_sampled"] = len(subset)
+    faith["weight_share"] = weight_share([sentence_weights[i] for i in subset])
     return faith
 
 
@@ -309,7 +310,17 @@ def _explain_test_split(config: PipelineConfig) -> ExplainResult:
              f"of {hits['documents']} documents")
     _log(_faithfulness_line(faith) + f" ({time.perf_counter() - measured:.1f}s)")
     _log(_faithfulness_line(faith, "sufficiency") + " (lower = the k sentences alone keep the prediction)")
+    _log(_share_line(faith))
     return _write(config, explanations, labels, faith, started)
+
+
+def _share_line(faith: dict[str, Any]) -> str:
+    """How concentrated attention is: the top sentence's and the top two's mean share of a document's weight."""
+    share = faith.get("weight_share") or {}
+    parts = [f"the top {'sentence' if k == '1' else k + ' sentences'} {value:.0%}" for k, value in share.items()
+             if value is not None]
+    return ("attention: " + ", ".join(parts) + " of a document's sentence weight on average") if parts else \
+        "attention: no document has more than one sentence"
 
 
 def _faithfulness_line(faith: dict[str, Any], measure: str = "comprehensiveness") -> str:
@@ -340,7 +351,7 @@ def _write(config: PipelineConfig, explanations, labels, faith, started) -> Expl
              if multilabel else f"accuracy {accuracy:.4f}"),
              _faithfulness_line(faith) + " (ERASER; higher = attention picks sentences the decision depends on)",
              _faithfulness_line(faith, "sufficiency") + " (ERASER; lower = the attended sentences alone keep the "
-             "prediction)"]
+             "prediction)", _share_line(faith)]
     if "evidence" in faith:
         notes.append(f"evidence hit rate {faith['evidence']['hit_rate']:.1%} (demo corpus: top sentence is a planted one)")
     selection = _report_selection(explanations, config.explain.report_documents)

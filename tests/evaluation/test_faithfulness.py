@@ -14,6 +14,7 @@ from pipeline.evaluation.faithfulness import (
     keep_sentences,
     plot_faithfulness,
     remove_sentences,
+    weight_share,
 )
 
 KEY = 7
@@ -156,3 +157,13 @@ def test_plot_is_a_png(tmp_path):
                           random_draws=2)  # k=5: no document qualifies, nothing to draw
     plot_faithfulness(result, tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weight_share_is_the_mean_top_k_share_over_documents_longer_than_k():
+    weights = [np.array([0.1, 0.6, 0.3]), np.array([0.5, 0.5]), np.array([1.0])]
+    share = weight_share(weights, ks=(1, 2, 3))
+    assert share["1"] == pytest.approx((0.6 + 0.5) / 2)  # the one-sentence document holds all of it trivially: left out
+    assert share["2"] == pytest.approx(0.9) and share["3"] is None  # only the first has more than 2; none more than 3
+    flat = flat_metrics({**faithfulness(lambda docs: np.full((len(docs), 2), 0.5), [[np.array([2])]] * 2,
+                                        [np.array([1.0])] * 2, ks=(1,)), "weight_share": share})
+    assert flat["faithfulness.weight_share.top1"] == share["1"] and "faithfulness.weight_share.top3" not in flat

@@ -144,6 +144,13 @@ def test_sufficiency_beside_random_is_in_the_console_and_the_report(workspace, c
     faith = json.loads((out / "faithfulness.json").read_text())
     mine, chance = faith["attention"]["sufficiency"]["1"], faith["random"]["sufficiency"]["1"]
     line = f"sufficiency (attention vs random) k=1: {mine:.3f} vs random {chance:.3f}, k=2: "
-    assert line in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert line in err
     html = (out / "report.html").read_text()
     assert f"<li>{html_text.escape(line)}" in html and "lower = the attended sentences alone keep the prediction" in html
+    # How concentrated the attention is, from the same sample: what a reader of the report sees.
+    share = faith["weight_share"]
+    assert 0 < share["1"] < share["2"] <= 1
+    concentration = (f"attention: the top sentence {share['1']:.0%}, the top 2 sentences {share['2']:.0%} of a "
+                     "document's sentence weight on average")
+    assert concentration in err and html_text.escape(concentration) in html
