@@ -674,28 +674,24 @@ def load_pretrained_embeddings(
     return matrix, coverage
 
 
-def inference_function(model: keras.Model):
-    """``model(token_ids, training=False)`` as one graph for every batch shape.
+def inference_function(model: keras.Model, sentence_batch: int | None = None, document_batch: int | None = None):
+    """``model``'s inference for ``document_outputs``: a ``pipeline.model.packing.PackedInference``, which packs
+    the sentences of all the documents it is given by length before the word level, and is also callable on
+    a padded batch like ``model(token_ids, training=False)``.
 
-    Calling the model eagerly runs op by op; a ``tf.function`` traced once with free batch,
-    sentence and word dimensions runs the same computation several times faster, without a new
-    trace for each batch shape (which ``model.predict`` would do). Outputs as ``model``'s.
+    Calling the model eagerly runs op by op; each level is a ``tf.function`` traced once with free batch,
+    sentence and word dimensions, so no batch shape costs a new trace (which ``model.predict`` would do).
     """
     import logging
 
-    import tensorflow as tf
+    from pipeline.model.packing import DOCUMENT_BATCH, SENTENCE_BATCH, PackedInference
 
-    # Each model gets its own graph, traced once; TensorFlow counts the traces of every model's ``infer``
+    # Each model gets its own graphs, traced once; TensorFlow counts the traces of every model's functions
     # together and, from the fifth model in a process (a pipeline run loads several), calls it retracing.
     logger = logging.getLogger("tensorflow")
     if not any(isinstance(f, _OneTracePerModel) for f in logger.filters):
         logger.addFilter(_OneTracePerModel())
-
-    @tf.function(input_signature=[tf.TensorSpec((None, None, None), tf.int32, name="token_ids")])
-    def infer(token_ids):
-        return model(token_ids, training=False)
-
-    return infer
+    return PackedInference(model, sentence_batch or SENTENCE_BATCH, document_batch or DOCUMENT_BATCH)
 
 
 class _OneTracePerModel:
@@ -703,7 +699,7 @@ class _OneTracePerModel:
 
     def filter(self, record) -> bool:
         message = record.getMessage()
-        return not ("inference_function.<locals>.infer" in message and "retracing" in message)
+        return not ("PackedInference.__init__.<locals>" in message and "retracing" in message)
 
 
 def load_han(path: str | Path) -> keras.Model:
@@ -711,15 +707,22 @@ def load_han(path: str | Path) -> keras.Model:
     return keras.saving.load_model(path, safe_mode=True)
 
 
-def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int) -> list[dict[str, np.ndarray]]:
+def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int,
+                     packed: bool = True) -> list[dict[str, np.ndarray]]:
     """Run ``infer`` (``inference_function(model)``) over documents; one result per document, in order.
 
-    Documents are sorted by size (sentences x longest sentence) and padded per batch to the
-    batch's own maxima. Each result holds ``probabilities``, ``sentence_weights`` (its sentences
-    only) and ``word_weights`` (its words only); padding gets exactly 0 weight, so the kept
-    weights still sum to 1.
+    Each result holds ``probabilities``, ``sentence_weights`` (its sentences only) and ``word_weights``
+    (its words only); padding gets exactly 0 weight, so the kept weights still sum to 1. By default the
+    sentences of all the documents are packed by length (``pipeline.model.packing``; its own chunk sizes,
+    ``batch_size`` unused). ``packed=False`` (or an ``infer`` that is a plain function
+    of padded batches) runs the whole model on batches of ``batch_size`` documents sorted by size
+    (sentences x longest sentence), each padded to its own maxima: the same outputs, more padding.
     """
     from pipeline.data.batching import pad_batch
+    from pipeline.model.packing import PackedInference
+
+    if packed and isinstance(infer, PackedInference):
+        return infer.outputs(documents)
 
     sizes = np.asarray([len(doc) * max((len(s) for s in doc), default=1) for doc in documents])
     order = np.argsort(sizes, kind="stable")
