@@ -527,6 +527,26 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the whole benchmark
 
 
+def carry_over(results: dict[str, Any], earlier: dict[str, Any], datasets: list[str]) -> None:
+    """Keep ``earlier``'s datasets that this run does not measure (``make bench DATASETS=bbc`` later the same day
+    replaces BBC's entry, not IMDB's), with their targets, splits and when they were measured (``carried_over``).
+    Only from a run over the same seeds: a file's seeds are those of every dataset in it."""
+    if earlier.get("seeds") != results["seeds"] or earlier.get("quick") != results["quick"]:
+        return
+    for name, entry in earlier.get("datasets", {}).items():
+        if name in datasets:
+            continue
+        results["datasets"][name] = entry
+        for key in ("targets", "splits"):
+            if name in earlier.get(key, {}):
+                results.setdefault(key, {})[name] = earlier[key][name]
+        when = earlier.get("measured_at", {}).get(name) or f"an earlier run on {earlier.get('date')}"
+        results.setdefault("carried_over", {})[name] = when
+        results.setdefault("measured_at", {})[name] = when
+    if earlier.get("notes") and results.get("carried_over"):
+        results["notes"] = f"Of {', '.join(results['carried_over'])} (kept from an earlier run): {earlier['notes']}"
+
+
 def _version(*distributions: str, metadata) -> str:
     """The installed version of the first of ``distributions`` found (read without importing it)."""
     for name in distributions:
@@ -648,6 +668,8 @@ def markdown(results: dict[str, Any]) -> str:
                   "full raw text of each document (not cut to the HANs' limits, no out-of-vocabulary token).", ""]
     for dataset, systems in results["datasets"].items():
         lines += [f"## {dataset}", ""]
+        if dataset in results.get("carried_over", {}):
+            lines += [f"Kept from an earlier run ({results['carried_over'][dataset]}): this run did not measure {dataset}.", ""]
         split = results.get("splits", {}).get(dataset)
         if split:
             lines += [f"Split: {split}.", ""]
@@ -765,6 +787,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"{date}{'-' + args.tag if args.tag else ''}{'-quick' if args.quick else ''}"
     json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
+    if json_path.is_file():  # the day's earlier run: its other datasets stay beside this run's
+        carry_over(results, json.loads(json_path.read_text()), datasets)
+        for name, when in results.get("carried_over", {}).items():
+            log(f"{name}: kept from the earlier run in {json_path.name} ({when})")
     with tempfile.TemporaryDirectory(prefix="han-bench-") as scratch:
         for dataset in datasets:
             data_path = None
@@ -790,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append((seed, extra))
                 results["splits"].setdefault(dataset, split_words(config.stage_dir("preprocess")))
             results["datasets"][dataset] = {}
+            results.setdefault("measured_at", {})[dataset] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             for system in systems:
                 if system == "reference_han" and dataset in MULTILABEL:
                     log(f"{dataset}: reference_han left out: it has one softmax label per document, {dataset} has label sets")

@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks.compare import (
     SYSTEMS,
+    carry_over,
     han_training_flops,
     markdown,
     mean_faithfulness,
@@ -213,3 +214,24 @@ def test_explanation_targets_read_the_mean_over_seeds():
     level = mean_faithfulness([_faith(2.9, {"1": 0.3, "2": 0.2}, {"1": 0.4, "2": 0.2})])
     rows = {r["key"]: r for r in targets("bbc", _figures(faithfulness=level))}
     assert not rows["comprehensiveness"]["met"] and not rows["sufficiency"]["met"]  # level with random is not better
+
+
+ROW = {"key": "accuracy", "target": "accuracy >= 0.915", "value": 0.91, "threshold": 0.915, "met": False, "shown": "0.9100"}
+
+
+def test_a_later_run_of_one_dataset_keeps_the_days_other_datasets():
+    earlier = {"date": "2026-12-04", "quick": False, "seeds": [42, 1, 2], "notes": "IMDB ran beside tests",
+               "datasets": {"bbc": {"han": {"accuracy": 0.96}}, "imdb": {"han": {"accuracy": 0.91}}},
+               "targets": {"bbc": [], "imdb": [ROW]}, "splits": {"imdb": "25,000 test"},
+               "measured_at": {"imdb": "2026-12-04T14:00:00+0000"}}
+    results = {"date": "2026-12-04", "quick": False, "seeds": [42, 1, 2], "datasets": {}, "splits": {},
+               "machine": {"cpu": "x86_64", "cores": 2}}
+    carry_over(results, earlier, ["bbc"])
+    assert list(results["datasets"]) == ["imdb"]  # bbc is this run's to measure
+    assert results["targets"] == {"imdb": [ROW]} and results["splits"] == {"imdb": "25,000 test"}
+    assert results["carried_over"] == {"imdb": "2026-12-04T14:00:00+0000"} and "IMDB ran beside tests" in results["notes"]
+    results["datasets"]["bbc"] = {"han": {"accuracy": 0.97, "seeds": [42, 1, 2]}}
+    assert "Kept from an earlier run (2026-12-04T14:00:00+0000): this run did not measure imdb." in markdown(results)
+    other_seeds = {"date": "2026-12-04", "quick": False, "seeds": [7], "datasets": {}}
+    carry_over(other_seeds, earlier, ["bbc"])
+    assert other_seeds["datasets"] == {}  # a file's seeds are every dataset's: nothing kept from other seeds
