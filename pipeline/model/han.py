@@ -675,23 +675,33 @@ def load_pretrained_embeddings(
 
 
 def inference_function(model: keras.Model, sentence_batch: int | None = None, document_batch: int | None = None):
-    """``model``'s inference for ``document_outputs``: a ``pipeline.model.packing.PackedInference``, which packs
-    the sentences of all the documents it is given by length before the word level, and is also callable on
-    a padded batch like ``model(token_ids, training=False)``.
+    """``model``'s inference for ``document_outputs``: for a model ``build_han`` made, a
+    ``pipeline.model.packing.PackedInference``, which packs the sentences of all the documents it is given by
+    length before the word level, and is also callable on a padded batch like ``model(token_ids, training=False)``;
+    for any other model (the benchmark's reference HAN), the whole model as one function of padded batches.
 
     Calling the model eagerly runs op by op; each level is a ``tf.function`` traced once with free batch,
     sentence and word dimensions, so no batch shape costs a new trace (which ``model.predict`` would do).
     """
     import logging
 
-    from pipeline.model.packing import DOCUMENT_BATCH, SENTENCE_BATCH, PackedInference
+    import tensorflow as tf
+
+    from pipeline.model.packing import DOCUMENT_BATCH, SENTENCE_BATCH, PackedInference, packable
 
     # Each model gets its own graphs, traced once; TensorFlow counts the traces of every model's functions
     # together and, from the fifth model in a process (a pipeline run loads several), calls it retracing.
     logger = logging.getLogger("tensorflow")
     if not any(isinstance(f, _OneTracePerModel) for f in logger.filters):
         logger.addFilter(_OneTracePerModel())
-    return PackedInference(model, sentence_batch or SENTENCE_BATCH, document_batch or DOCUMENT_BATCH)
+    if packable(model):
+        return PackedInference(model, sentence_batch or SENTENCE_BATCH, document_batch or DOCUMENT_BATCH)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None), tf.int32, name="token_ids")])
+    def infer(token_ids):  # a HAN of other layers (the benchmark's reference): the whole model on padded batches
+        return model(token_ids, training=False)
+
+    return infer
 
 
 class _OneTracePerModel:
@@ -699,7 +709,8 @@ class _OneTracePerModel:
 
     def filter(self, record) -> bool:
         message = record.getMessage()
-        return not ("PackedInference.__init__.<locals>" in message and "retracing" in message)
+        return not (("PackedInference.__init__.<locals>" in message or "inference_function.<locals>.infer" in message)
+                    and "retracing" in message)
 
 
 def load_han(path: str | Path) -> keras.Model:

@@ -31,6 +31,16 @@ SENTENCE_BATCH = 2048  # sentences per word-level call: large enough to keep the
 DOCUMENT_BATCH = 1024  # documents per sentence-level call: fewer, longer-running steps of the sentence encoder
 
 
+LEVEL_LAYERS = ("word_embedding", "word_encoder", "word_attention", "sentence_vectors", "sentence_attention", "probabilities")
+
+
+def packable(model) -> bool:
+    """Whether ``model`` has the named layers of ``pipeline.model.han.build_han`` that the two levels are made of
+    (a HAN built otherwise, like the benchmark's reference, runs whole)."""
+    names = {layer.name for layer in model.layers}
+    return all(name in names for name in LEVEL_LAYERS)
+
+
 class PackedInference:
     """``model``'s inference in two levels (above); ``outputs(documents, batch_size)`` runs them.
 

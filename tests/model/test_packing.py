@@ -77,3 +77,16 @@ def test_packing_pads_little_where_document_batches_pad_a_lot():
     cells = sum(len(doc) * max(len(s) for s in doc) for doc in documents)
     words = sum(len(s) for doc in documents for s in doc)
     assert 1 - words / cells > 0.45  # what one padded batch of these documents computes on
+
+
+def test_a_model_without_the_hans_named_layers_runs_whole_on_padded_batches():
+    keras.utils.set_random_seed(0)
+    han = build_han(small_config(), VOCAB_SIZE, NUM_CLASSES)
+    token_ids = keras.Input(shape=(None, None), dtype="int32")
+    wrapped = keras.Model(token_ids, han(token_ids))  # e.g. a HAN nested in another model, or the bench's reference
+    infer = inference_function(wrapped)
+    assert not isinstance(infer, PackedInference)
+    whole = document_outputs(infer, DOCUMENTS, batch_size=4)
+    packed = document_outputs(inference_function(han), DOCUMENTS, batch_size=4)
+    for a, b in zip(whole, packed, strict=True):
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
