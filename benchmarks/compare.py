@@ -543,8 +543,9 @@ def carry_over(results: dict[str, Any], earlier: dict[str, Any], datasets: list[
         when = earlier.get("measured_at", {}).get(name) or f"an earlier run on {earlier.get('date')}"
         results.setdefault("carried_over", {})[name] = when
         results.setdefault("measured_at", {})[name] = when
-    if earlier.get("notes") and results.get("carried_over"):
-        results["notes"] = f"Of {', '.join(results['carried_over'])} (kept from an earlier run): {earlier['notes']}"
+        note = earlier.get("carried_notes", {}).get(name) or earlier.get("notes")
+        if note:  # what the earlier run said of itself, kept with the dataset it measured
+            results.setdefault("carried_notes", {})[name] = note
 
 
 def _version(*distributions: str, metadata) -> str:

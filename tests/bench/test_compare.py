@@ -229,7 +229,11 @@ def test_a_later_run_of_one_dataset_keeps_the_days_other_datasets():
     carry_over(results, earlier, ["bbc"])
     assert list(results["datasets"]) == ["imdb"]  # bbc is this run's to measure
     assert results["targets"] == {"imdb": [ROW]} and results["splits"] == {"imdb": "25,000 test"}
-    assert results["carried_over"] == {"imdb": "2026-12-04T14:00:00+0000"} and "IMDB ran beside tests" in results["notes"]
+    assert results["carried_over"] == {"imdb": "2026-12-04T14:00:00+0000"}
+    assert results["carried_notes"] == {"imdb": "IMDB ran beside tests"} and "notes" not in results
+    again = {**results, "datasets": {}, "carried_over": {}}
+    carry_over(again, results, ["reuters"])  # a third run the same day: each note once, with its dataset
+    assert again["carried_notes"] == {"imdb": "IMDB ran beside tests"}
     results["datasets"]["bbc"] = {"han": {"accuracy": 0.97, "seeds": [42, 1, 2]}}
     assert "Kept from an earlier run (2026-12-04T14:00:00+0000): this run did not measure imdb." in markdown(results)
     other_seeds = {"date": "2026-12-04", "quick": False, "seeds": [7], "datasets": {}}
