@@ -22,19 +22,10 @@ def _results(config):
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_bbc_config_is_accurate_and_its_attention_is_faithful(shared_data, monkeypatch):
-    """configs/bbc.yaml end to end. The 0.985 accuracy target is issue #9's.
+    """configs/bbc.yaml end to end, as a user runs it: accurate, and its attention faithful by both ERASER measures.
 
-    The HAN's test accuracy on BBC depends on the training batch order by about +-1 point: over
-    six orders (the seed, or the seed + 1 and + 2 for the batch order only; the in-memory
-    pipeline and the streamed one with the epoch-wide batch shuffle) it ranged 0.941-0.962,
-    mean 0.952 (TF-IDF + LR 0.966). An assertion at 0.95 passed or failed by the draw (it
-    passed at 0.960 before the stream, failed at 0.941 after), so the bar is below the
-    measured spread; the seed's own draw is printed. With 8 length groups and lazy_adam
-    (2026-11-30) this test's seed-42 draw is 0.9347, the lowest of five draws of that config
-    (0.9347-0.9527, mean 0.943; seeds 1-3: 0.9437 / 0.9437 / 0.9527, Keras' Adam with the same
-    groups 0.9369 / 0.9437 / 0.9414): the bar moved from 0.935 to 0.93, below that spread too.
-    With pipeline.model.recurrent.BiGRU (same function, initial weights drawn in another order) the
-    seed-42 draw is 0.9459; with the sweep's dropout 0.3 (2026-12-01), 0.9392."""
+    The accuracy bar sits below the spread of seeds (about +-1 point on 444 test articles; the figures over seeds
+    are make bench's, benchmarks/results/), so it fails on a broken pipeline, not on an unlucky draw."""
     monkeypatch.setenv("HAN_DATA_DIR", str(shared_data))
     config_path = PROJECT_ROOT / "configs" / "bbc.yaml"
     assert main(["run", "--config", str(config_path)]) == 0
@@ -46,7 +37,9 @@ def test_bbc_config_is_accurate_and_its_attention_is_faithful(shared_data, monke
     assert metrics["test_documents"] == 444  # 2,225 articles less quarantined duplicates, 20% of them
     assert model["accuracy"] >= 0.93, model["accuracy"]
     assert metrics["gate"]["passed"]
-    assert faith["attention"]["comprehensiveness"]["2"] >= 2 * faith["random"]["comprehensiveness"]["2"]
+    assert faith["attention"]["comprehensiveness"]["2"] >= 3 * faith["random"]["comprehensiveness"]["2"]
+    for k in ("1", "2", "3"):  # the top k sentences alone keep the prediction better than k random ones
+        assert faith["attention"]["sufficiency"][k] < faith["random"]["sufficiency"][k], k
 
 
 @pytest.mark.slow
