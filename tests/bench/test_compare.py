@@ -71,7 +71,7 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
         assert systems["reference_han"]["limits"] == {"max_sentences": 15, "max_words": 40}
         assert 0 < systems["han"]["flops"]["fraction_of_matmul"] < 1
         assert systems["han"]["infer_docs_per_s_unpacked"] > 0 and 0 <= systems["han"]["packed_word_padding"] < 0.5
-        assert systems["han"]["word2vec_seconds"] is None  # configs/bbc.yaml learns no vectors first (the stage test has some)
+        assert systems["han"]["word2vec_seconds"] > 0  # configs/bbc.yaml learns word vectors before it trains
     table = json_path.with_suffix(".md").read_text()
     assert "| han |" in table and "HAN / reference: training" in table
     han, reference, tfidf = (results["datasets"]["bbc"][name] for name in ("han", "reference_han", "tfidf_lr"))
