@@ -42,7 +42,7 @@ def packable(model) -> bool:
 
 
 class PackedInference:
-    """``model``'s inference in two levels (above); ``outputs(documents, batch_size)`` runs them.
+    """``model``'s inference in two levels (above); ``outputs(documents)`` runs them.
 
     Also callable on a padded ``(batch, sentences, words)`` batch like ``model(token_ids,
     training=False)`` (the whole model as one traced graph), for callers that batch themselves.
