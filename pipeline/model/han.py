@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import gzip
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -718,8 +719,8 @@ def load_han(path: str | Path) -> keras.Model:
     return keras.saving.load_model(path, safe_mode=True)
 
 
-def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int,
-                     packed: bool = True) -> list[dict[str, np.ndarray]]:
+def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int, packed: bool = True,
+                     between: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:
     """Run ``infer`` (``inference_function(model)``) over documents; one result per document, in order.
 
     Each result holds ``probabilities``, ``sentence_weights`` (its sentences only) and ``word_weights``
@@ -728,18 +729,22 @@ def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int,
     ``batch_size`` unused). ``packed=False`` (or an ``infer`` that is a plain function
     of padded batches) runs the whole model on batches of ``batch_size`` documents sorted by size
     (sentences x longest sentence), each padded to its own maxima: the same outputs, more padding.
+    ``between`` is called before each batch or round of chunks, in this thread (serving checks its request's
+    deadline there).
     """
     from pipeline.data.batching import pad_batch
     from pipeline.model.packing import PackedInference
 
     if packed and isinstance(infer, PackedInference):
-        return infer.outputs(documents)
+        return infer.outputs(documents, between)
 
     sizes = np.asarray([len(doc) * max((len(s) for s in doc), default=1) for doc in documents])
     order = np.argsort(sizes, kind="stable")
     results: list[dict[str, np.ndarray]] = [{} for _ in documents]
     for start in range(0, len(order), batch_size):
         members = order[start : start + batch_size]
+        if between is not None:
+            between()
         outputs = infer(pad_batch([documents[i] for i in members]))
         probabilities = np.asarray(outputs["probabilities"], dtype=np.float64)
         sentence_weights = np.asarray(outputs["sentence_weights"], dtype=np.float64)

@@ -21,7 +21,9 @@ process (free batch and length dimensions), whatever the sizes it meets.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -87,9 +89,10 @@ class PackedInference:
     def __call__(self, token_ids):
         return self._whole(token_ids)
 
-    def outputs(self, documents: list[list[np.ndarray]]) -> list[dict[str, Any]]:
+    def outputs(self, documents: list[list[np.ndarray]], between: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """One result per document, in order: ``probabilities``, ``sentence_weights`` (its sentences only) and
-        ``word_weights`` (its words only), as ``pipeline.model.han.document_outputs`` describes them."""
+        ``word_weights`` (its words only), as ``pipeline.model.han.document_outputs`` describes them; ``between``
+        runs in this thread before each round of chunks or batches."""
         lengths = [np.fromiter((len(s) for s in doc), dtype=np.int64, count=len(doc)) for doc in documents]
         owners = np.repeat(np.arange(len(documents)), [len(doc) for doc in documents])
         places = np.concatenate([np.arange(len(doc)) for doc in documents]) if documents else np.zeros(0, np.int64)
@@ -112,7 +115,7 @@ class PackedInference:
                 word_weights[flat] = chunk_weights[row, : flat_lengths[flat]]
 
         self._each([order[start : start + self.sentence_batch] for start in range(0, len(order), self.sentence_batch)],
-                   encode)
+                   encode, between)
 
         starts = np.concatenate([[0], np.cumsum([len(doc) for doc in documents])]).astype(np.int64)
         counts = np.asarray([len(doc) for doc in documents], dtype=np.int64)
@@ -134,22 +137,26 @@ class PackedInference:
 
         by_count = np.argsort(counts, kind="stable")
         self._each([by_count[start : start + self.document_batch] for start in range(0, len(by_count), self.document_batch)],
-                   classify)
+                   classify, between)
         return results
 
-    def _each(self, parts: list[np.ndarray], work) -> None:
-        """``work`` on every part, side by side on the cores: with one thread per op (``runtime.intra_op_threads``
-        1, the CPU configs' setting) one call uses one core."""
-        if len(parts) > 1 and self.threads > 1:
-            with ThreadPoolExecutor(min(self.threads, len(parts))) as pool:
-                list(pool.map(work, parts))
-        else:
-            for part in parts:
-                work(part)
+    def _each(self, parts: list[np.ndarray], work, between: Callable[[], None] | None) -> None:
+        """``work`` on every part, as many side by side as there are cores (with one thread per op,
+        ``runtime.intra_op_threads`` 1, the CPU configs' setting, one call uses one core); ``between`` before
+        each round, here, where a request's deadline can be read."""
+        threads = min(self.threads, len(parts)) or 1
+        with ThreadPoolExecutor(threads) if threads > 1 else contextlib.nullcontext() as pool:
+            for start in range(0, len(parts), threads):
+                if between is not None:
+                    between()
+                round_ = parts[start : start + threads]
+                if pool is None:
+                    work(round_[0])
+                else:
+                    list(pool.map(work, round_))
 
     def padding(self, documents: list[list[np.ndarray]]) -> dict[str, float]:
-        """The share of padded cells each level computes on for ``documents`` (what packing removes): word
-        level over the sentence chunks, against one batch of documents padded to its longest sentence."""
+        """The share of padded cells the word level still computes on for ``documents``, over its sentence chunks."""
         flat_lengths = np.asarray([len(s) for doc in documents for s in doc if len(s)], dtype=np.int64)
         if not len(flat_lengths):
             return {"packed_word_padding": 0.0}

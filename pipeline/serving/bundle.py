@@ -237,17 +237,14 @@ class RawTextClassifier:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         from pipeline.model.han import document_outputs
 
-        def infer(token_ids):
-            check_deadline()
-            return self.infer(token_ids)
-
         readings = []
         for text in texts:  # a request out of time (serve.timeout_seconds) stops between texts and batches
             check_deadline()
             readings.append(self.read(text))
         results = [_failed(error) if error else None for *_, error in readings]
         readable = [i for i, reading in enumerate(readings) if reading[3] is None]
-        outputs = document_outputs(infer, [self._ids(readings[i][1]) for i in readable], batch_size)
+        outputs = document_outputs(self.infer, [self._ids(readings[i][1]) for i in readable], batch_size,
+                                   between=check_deadline)
         for i, output in zip(readable, outputs, strict=True):
             sentences, tokens, truncated, _ = readings[i]
             probabilities = output["probabilities"]

@@ -56,11 +56,12 @@ def _log(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- predictions
-def predict_probabilities(model, split, batch_size: int) -> np.ndarray:
-    """``(documents, classes)`` probabilities of the model over an encoded split, in document order."""
-    from pipeline.model.han import document_outputs, inference_function
+def predict_probabilities(infer, split, batch_size: int) -> np.ndarray:
+    """``(documents, classes)`` probabilities over an encoded split, in document order; ``infer`` from
+    ``pipeline.model.han.inference_function`` (the bundle's own, in this stage)."""
+    from pipeline.model.han import document_outputs
 
-    outputs = document_outputs(inference_function(model), split.documents(), batch_size)
+    outputs = document_outputs(infer, split.documents(), batch_size)
     return np.stack([out["probabilities"] for out in outputs])
 
 
@@ -291,7 +292,7 @@ def run(config: PipelineConfig) -> EvaluateResult:
             return multilabel_metrics(truth, probabilities, labels, decision_thresholds)
         return classification_metrics(truth, probabilities, labels, settings.calibration_bins)
 
-    probabilities = predict_probabilities(bundle.model, test, settings.batch_size)
+    probabilities = predict_probabilities(bundle.infer, test, settings.batch_size)
     metrics = scored(test.labels, probabilities, thresholds)
     _log(f"HAN on {len(test):,} test documents: {headline(metrics)}")
 

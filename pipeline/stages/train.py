@@ -370,12 +370,13 @@ def decision_thresholds(config: PipelineConfig, model, validation, labels: list[
     validation split to maximise F1 (``pipeline.evaluation.metrics.choose_thresholds``); 0.5 without a validation split."""
     from pipeline.config import THRESHOLD_MIN_POSITIVES
     from pipeline.evaluation.metrics import choose_thresholds
+    from pipeline.model.han import inference_function
     from pipeline.stages.evaluate import predict_probabilities
 
     if len(validation) == 0:
         _log("multi-label thresholds: no validation split to choose them on; every label predicted from 0.5")
         return {"labels": labels, "thresholds": [0.5] * len(labels), "info": {"mode": "fixed", "global": 0.5}}
-    probabilities = predict_probabilities(model, validation, config.evaluate.batch_size)
+    probabilities = predict_probabilities(inference_function(model), validation, config.evaluate.batch_size)
     thresholds, info = choose_thresholds(validation.labels, probabilities, config.train.thresholds,
                                          THRESHOLD_MIN_POSITIVES)
     _log(f"multi-label thresholds chosen on {len(validation):,} validation documents ({config.train.thresholds}): "

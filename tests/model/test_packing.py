@@ -3,6 +3,8 @@ documents, the two levels of the model run apart, the same outputs as the whole 
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -90,3 +92,28 @@ def test_a_model_without_the_hans_named_layers_runs_whole_on_padded_batches():
     packed = document_outputs(inference_function(han), DOCUMENTS, batch_size=4)
     for a, b in zip(whole, packed, strict=True):
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+
+
+def test_between_runs_in_the_callers_thread_before_each_round_and_can_stop_the_work():
+    """Serving passes its request's deadline check: a deadline lives in the caller's context, not the workers'."""
+    import threading
+
+    keras.utils.set_random_seed(0)
+    infer = inference_function(build_han(small_config(), VOCAB_SIZE, NUM_CLASSES), sentence_batch=5, document_batch=4)
+    calls = []
+    document_outputs(infer, DOCUMENTS, batch_size=4, between=lambda: calls.append(threading.get_ident()))
+    chunks = math.ceil(sum(1 for doc in DOCUMENTS for s in doc if len(s)) / 5)
+    batches = math.ceil(len(DOCUMENTS) / 4)
+    rounds = math.ceil(chunks / infer.threads) + math.ceil(batches / infer.threads)
+    assert len(calls) == rounds and set(calls) == {threading.get_ident()}
+
+    class OutOfTime(Exception):
+        pass
+
+    def out_of_time():
+        raise OutOfTime
+
+    with pytest.raises(OutOfTime):
+        document_outputs(infer, DOCUMENTS, batch_size=4, between=out_of_time)
+    with pytest.raises(OutOfTime):  # the padded path checks between its batches too
+        document_outputs(infer, DOCUMENTS, batch_size=4, packed=False, between=out_of_time)
