@@ -21,9 +21,9 @@ from benchmarks import compare
 
 
 def variant_config(dataset: str, tag: str, seed: int, settings: list[str]):
-    names = [f"name=v-{dataset}-{tag}-s{seed}", f"seed={seed}", "tracking.registered_model=v",
-             "tracking.experiment=variants", "evaluate.baseline.input=full_text"]
-    return compare.load_config(compare.PROJECT_ROOT / compare.DATASETS[dataset], [*names, *settings])
+    """``make bench``'s config of ``dataset`` and ``seed``, under its own name and MLflow experiment, with ``settings``."""
+    own = [f"name=v-{dataset}-{tag}-s{seed}", "tracking.registered_model=v", "tracking.experiment=variants"]
+    return compare.bench_config(dataset, False, None, [*own, *settings], seed)
 
 
 def main(argv: list[str] | None = None) -> int:
