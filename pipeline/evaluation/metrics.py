@@ -540,5 +540,5 @@ def _one_vs_rest(tfidf, train_matrix, y: np.ndarray, test_texts: list[str], C: f
         probabilities[:, label] = model if isinstance(model, float) else model.predict_proba(test_matrix)[:, 1]
     info = {"fit_seconds": round(fitted - started, 3), "predict_seconds": round(time.perf_counter() - fitted, 3),
             "features": len(tfidf.vocabulary_), "train_documents": len(y), "min_df": min_df,
-            "one_vs_rest": True, "threshold": 0.5}
+            "one_vs_rest": True}
     return probabilities, info

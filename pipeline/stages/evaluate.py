@@ -123,12 +123,40 @@ def run_baseline(config: PipelineConfig, prep_dir: Path, test) -> tuple[np.ndarr
         split = load_split(prep_dir, name)
         train_texts += texts(name, split)
         train_labels.append(np.asarray(split.labels))
+    # Multi-label: the baseline's thresholds are chosen as the HAN's are (train.thresholds, on the validation
+    # split), so that neither side is compared at a threshold the other was tuned past. Not when it learnt
+    # from the validation split: thresholds chosen on documents it has seen would be too low.
+    validation = None
+    if config.data.multilabel and settings.fit_on == "train":
+        validation = load_split(prep_dir, "validation")
+        validation = validation if len(validation) else None
+    held_out = texts("validation", validation) if validation is not None else []
+    test_texts = texts("test", test)
     num_classes = len(read_json(prep_dir / "labels.json"))
     probabilities, fitted = tfidf_baseline(
-        train_texts, np.concatenate(train_labels), texts("test", test), num_classes,
+        train_texts, np.concatenate(train_labels), held_out + test_texts, num_classes,
         max_features=settings.max_features, ngram_max=settings.ngram_max, C=settings.C, seed=config.seed,
         min_df=settings.min_df, sublinear_tf=settings.sublinear_tf, pretokenized=settings.input == "tokens")
-    return probabilities, {"input": settings.input, "settings": baseline_settings(config), "info": fitted}
+    fitted["predicted_documents"] = len(held_out) + len(test_texts)
+    described = {"input": settings.input, "settings": baseline_settings(config), "info": fitted}
+    if config.data.multilabel:
+        described["thresholds"], described["threshold_info"] = baseline_thresholds(
+            config, validation, probabilities[:len(held_out)], num_classes)
+    return probabilities[len(held_out):], described
+
+
+def baseline_thresholds(config: PipelineConfig, validation, probabilities: np.ndarray,
+                        num_classes: int) -> tuple[list[float], dict[str, Any]]:
+    """The multi-label baseline's decision thresholds: chosen on the validation split like the HAN's
+    (``train.thresholds``), or 0.5 for every label where there is none to choose them on."""
+    from pipeline.config import THRESHOLD_MIN_POSITIVES
+    from pipeline.evaluation.metrics import choose_thresholds
+
+    if validation is None:
+        return [0.5] * num_classes, {"mode": "fixed", "global": 0.5}
+    thresholds, info = choose_thresholds(validation.labels, probabilities, config.train.thresholds,
+                                         THRESHOLD_MIN_POSITIVES)
+    return [float(t) for t in thresholds], info
 
 
 # --------------------------------------------------------------------------- champion and gate
@@ -299,12 +327,16 @@ def run(config: PipelineConfig) -> EvaluateResult:
     baseline = baseline_probabilities = None
     if settings.baseline.enabled:
         baseline_probabilities, described = run_baseline(config, prep_dir, test)
-        baseline = scored(test.labels, baseline_probabilities)
+        baseline = scored(test.labels, baseline_probabilities, described.get("thresholds", 0.5))
         baseline.update(described)
         info = described["info"]
+        chosen = described.get("threshold_info")
+        decided = "" if chosen is None else (
+            ", every label at 0.50" if chosen["mode"] == "fixed" else
+            f", thresholds chosen on validation as the HAN's ({chosen['mode']}, {chosen['global']:.2f})")
         _log(f"TF-IDF + logistic regression baseline ({'full text' if described['input'] == 'full_text' else 'HAN tokens'}"
              f"{', one-vs-rest' if multilabel else ''}, learnt from {settings.baseline.fit_on.replace('_', ' + ')}: "
-             f"{info['train_documents']:,} documents, {info['features']:,} n-grams): {headline(baseline)}")
+             f"{info['train_documents']:,} documents, {info['features']:,} n-grams{decided}): {headline(baseline)}")
 
     from pipeline.stages.train import ensure_tracked
 

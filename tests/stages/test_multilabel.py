@@ -225,6 +225,29 @@ def test_evaluate_reports_micro_and_macro_f1_per_label_beside_the_baseline(topic
     assert [c["check"] for c in metrics["gate"]["checks"]] == ["min_accuracy", "min_macro_f1"]
 
 
+def test_the_baselines_thresholds_are_chosen_on_validation_as_the_hans_are(topics):
+    from pipeline.stages.evaluate import document_texts, run_baseline
+
+    config = topics.config
+    prep = config.stage_dir("preprocess")
+    train, validation, test = (load_split(prep, name) for name in ("train", "validation", "test"))
+    _, described = run_baseline(config, prep, test)
+    # The same one-vs-rest fit, asked for the validation documents: its thresholds are the best F1 there.
+    held_out, _ = tfidf_baseline(document_texts(prep, "train")[1], train.labels, document_texts(prep, "validation")[1],
+                                 len(TOPICS), max_features=None, ngram_max=2, C=10.0, seed=config.seed, min_df=2,
+                                 pretokenized=False)
+    expected, _ = choose_thresholds(validation.labels, held_out, config.train.thresholds)
+    assert described["thresholds"] == pytest.approx(expected.tolist())
+    assert described["threshold_info"]["validation_documents"] == len(validation)
+    assert described["info"]["predicted_documents"] == len(validation) + len(test)
+    metrics = read_json(config.stage_dir("evaluate") / "metrics.json")["baseline"]
+    assert [metrics["per_class"][label]["threshold"] for label in sorted(TOPICS)] == pytest.approx(expected.tolist())
+    # Learnt from the validation split too, it has none left to choose on: every label at 0.5.
+    both = load_config(None, [*topics.overrides, "evaluate.baseline.fit_on=train_validation"])
+    _, described = run_baseline(both, prep, test)
+    assert described["thresholds"] == [0.5] * len(TOPICS) and described["threshold_info"]["mode"] == "fixed"
+
+
 def test_a_second_model_is_gated_on_micro_f1_against_the_champion(topics):
     assert main(["train", "--force", *set_args([*topics.overrides, "seed=7"])]) == 0
     assert main(["evaluate", *set_args([*topics.overrides, "seed=7"])]) == 0
