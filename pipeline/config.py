@@ -257,6 +257,9 @@ class Word2VecConfig(_Strict):
     negatives: int = Field(5, ge=1, le=50)
     subsample: float = Field(1e-3, gt=0.0, le=1.0)
     learning_rate: float = Field(0.025, gt=0.0, le=1.0)
+    text: Literal["train", "train_validation"] = Field(
+        "train", description="the text the vectors are learned from: the training split, or the training and validation "
+        "splits (their words, not their labels; the HAN paper learned its vectors on train + dev)")
 
 
 class EmbeddingConfig(_Strict):
@@ -403,6 +406,9 @@ class TrainConfig(_Strict):
     decay_rate: float = Field(0.5, gt=0.0, le=1.0, description="exponential: factor per epoch")
     clipnorm: float | None = Field(5.0, gt=0.0, le=1e6, description="global gradient-norm clipping; null = none")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="keep an exponential moving average of the weights (this decay per batch); "
+        "validation, the best epoch and the saved model use the average. null: the weights as trained")
     class_weights: Literal["none", "balanced"] = "none"
     thresholds: Literal["per_label", "global"] = Field(
         "global", description="multi-label only: the probability above which a label is predicted, chosen after "

@@ -45,7 +45,7 @@ from pipeline.artifacts import (
     write_json,
 )
 from pipeline.config import ModelConfig, PipelineConfig
-from pipeline.training.callbacks import BatchProgress, epoch_line, memory_trim
+from pipeline.training.callbacks import BatchProgress, WeightAverage, epoch_line, memory_trim
 from pipeline.training.checkpoints import (
     CheckpointMismatch,
     Checkpoints,
@@ -208,7 +208,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             embedding_matrix, word2vec = word2vec_cache[learned]
             _log("word2vec: the vectors an earlier trial learned from the same data, settings and seed (not learned again)")
         else:
-            embedding_matrix, word2vec = _learn_word2vec(config, train.paths, vocab_tokens)
+            embedding_matrix, word2vec = _learn_word2vec(config, _word2vec_paths(config, prep_dir, train), vocab_tokens)
             if word2vec_cache is not None:
                 word2vec_cache[learned] = (embedding_matrix, word2vec)
     replicas = distribution.replicas
@@ -233,6 +233,11 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                               optimizer=build_optimizer(settings.model_copy(update={"learning_rate": rate}), steps_per_epoch))
         trainer.optimizer.build(trainer.trainable_variables)
         distribute.prepare_trainer(trainer, distribution)
+    average = None
+    if settings.ema_decay:
+        if distribution.strategy is not None:
+            raise TrainError("train.ema_decay is not supported with train.distribute yet; set one of them to null")
+        average = WeightAverage(model.trainable_variables, settings.ema_decay)
     has_validation = len(validation) > 0
     monitor = settings.early_stopping.monitor if has_validation else settings.early_stopping.monitor.removeprefix("val_")
     if not has_validation:
@@ -258,6 +263,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                              {k.removeprefix("opt_"): v for k, v in current.items() if k.startswith("opt_")})
         except CheckpointMismatch as err:
             raise TrainError(str(err)) from None
+        if average is not None and not average.restore(current):
+            _log("the checkpoint has no weight averages (train.ema_decay): averaging starts again from here")
         _log(f"resuming after epoch {state['epochs_done']} from {checkpoints.directory}")
     elif chief:
         checkpoints.clear()
@@ -308,7 +315,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             epoch_rate = current_learning_rate(trainer.optimizer)
             fit = trainer.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, validation_data=val_dataset, verbose=0, shuffle=False,
                               callbacks=[BatchProgress(epoch, settings.epochs, steps_per_epoch),
-                                         *memory_trim(config.runtime.malloc_trim_steps)])
+                                         *memory_trim(config.runtime.malloc_trim_steps),
+                                         *([] if average is None else [average.callback()])])
             logs = {name: float(values[-1]) for name, values in fit.history.items()}
             logs["learning_rate"] = epoch_rate
             logs["padding_efficiency"] = streams[-1].padding_efficiency  # this worker's batches
@@ -320,7 +328,12 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                                         else value < best - settings.early_stopping.min_delta)
             if improved:
                 state.update(best_epoch=epoch + 1, best_value=value, wait=0)
-                best_values = variables_dict(model.variables)
+                if average is None:
+                    best_values = variables_dict(model.variables)
+                else:  # the averaged weights, which validation read
+                    average.swap_in()
+                    best_values = variables_dict(model.variables)
+                    average.swap_out()
             else:
                 state["wait"] += 1
             patience = settings.early_stopping.patience
@@ -334,7 +347,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                   file=sys.stderr, flush=True)
             if chief:
                 checkpoints.save(state, itertools.chain(variable_items(model.variables),
-                                                        variable_items(trainer.optimizer.variables, prefix="opt_")),
+                                                        variable_items(trainer.optimizer.variables, prefix="opt_"),
+                                                        () if average is None else average.items()),
                                  best_values)
                 faults.point("train:checkpointed")
             if state["stopped_early"]:
@@ -451,12 +465,22 @@ def _word2vec_key(config: PipelineConfig, preprocess_manifest: dict[str, Any]) -
                        config.model.embedding.dim, config.seed], sort_keys=True)
 
 
+def _word2vec_paths(config: PipelineConfig, prep_dir: Path, train: TrainSplit) -> list[Path]:
+    """The shards word2vec reads (``model.embedding.word2vec.text``): the training split's, then the validation split's."""
+    from pipeline.data.shards import shard_paths
+
+    if config.model.embedding.word2vec.text == "train_validation":
+        return [*train.paths, *shard_paths(prep_dir, "validation")]
+    return list(train.paths)
+
+
 def _learn_word2vec(config: PipelineConfig, paths: list[Path], vocab_tokens: list[str]):
     from pipeline.model.word2vec import train_word2vec
 
     settings = config.model.embedding.word2vec
+    source = "training and validation splits" if settings.text == "train_validation" else "training split"
     _log(f"word2vec: learning {config.model.embedding.dim}-dimensional vectors for {len(vocab_tokens):,} tokens "
-         f"from the training split ({settings.epochs} epochs, window {settings.window}, {settings.negatives} negatives)")
+         f"from the {source} ({settings.epochs} epochs, window {settings.window}, {settings.negatives} negatives)")
     result = train_word2vec(paths, len(vocab_tokens), config.model.embedding.dim, epochs=settings.epochs,
                             window=settings.window, negatives=settings.negatives, subsample=settings.subsample,
                             learning_rate=settings.learning_rate, seed=config.seed, progress=_log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 
 import mlflow
 import numpy as np
+import pytest
 
 from pipeline.__main__ import main
 from pipeline.config import PROJECT_ROOT
@@ -147,6 +149,20 @@ def test_word2vec_vectors_are_learned_first_and_logged(tmp_path, monkeypatch, ca
     lines = open(neighbours).read().splitlines()
     assert lines and all(": " in line and len(line.split(": ")[1].split(", ")) == 8 for line in lines)
 
+    # model.embedding.word2vec.text: train_validation reads the validation split's words too: more pairs per epoch.
+    def pairs(err: str) -> int:
+        [line] = [line for line in err.splitlines() if "word2vec: epoch 1/" in line]
+        return int(re.search(r"([\d,]+) pairs", line).group(1).replace(",", ""))
+
+    again = [*overrides, "model.embedding.word2vec.text=train_validation", "model.embedding.word2vec.epochs=1"]
+    assert main(["train", "--force", *set_args(again)]) == 0
+    err = capsys.readouterr().err
+    assert "from the training and validation splits" in err
+    assert main(["train", "--force", *set_args([*overrides, "model.embedding.word2vec.epochs=1"])]) == 0
+    only_train = capsys.readouterr().err
+    assert "from the training split" in only_train
+    assert pairs(err) > 1.05 * pairs(only_train)  # a tenth of the documents are validation (the default split)
+
 
 def test_fewer_length_groups_in_training_save_a_model_with_the_configured_groups(tmp_path, monkeypatch, capsys):
     import keras
@@ -228,3 +244,23 @@ def test_fit_iterates_training_and_validation_data_without_tf_data_autotuning(tm
     [(training, validation)] = fitted
     assert training.options().autotune.enabled is False
     assert validation.options().autotune.enabled is False
+
+
+def test_with_a_weight_average_the_saved_model_is_the_one_validation_scored(tmp_path, monkeypatch):
+    from pipeline.data.shards import load_split
+    from pipeline.model.han import inference_function, load_han
+    from pipeline.stages.evaluate import predict_probabilities
+
+    overrides = [*SMALL, "train.epochs=4", "data.demo.num_documents=300", "train.ema_decay=0.9"]
+    workspace = make_workspace(tmp_path, overrides)
+    workspace.activate(monkeypatch)
+    assert main(["preprocess", *set_args(overrides)]) == 0
+    assert main(["train", *set_args(overrides)]) == 0
+    out = workspace.config.stage_dir("train")
+    history = json.loads((out / "history.json").read_text())
+    validation = load_split(workspace.config.stage_dir("preprocess"), "validation")
+    probabilities = predict_probabilities(inference_function(load_han(out / "model.keras")), validation, 64)
+    # val_loss (categorical cross-entropy; no penalty terms here) of the best epoch, recomputed from the saved model:
+    # had validation read the weights as trained, or the average not been what was kept, these would differ.
+    loss = -np.log(np.clip(probabilities[np.arange(len(validation)), validation.labels], 1e-7, 1.0)).mean()
+    assert loss == pytest.approx(history["history"]["val_loss"][history["best_epoch"] - 1], abs=2e-4)
