@@ -296,6 +296,17 @@ def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> d
     document_outputs(infer, documents, INFER_BATCH, packed=False)
     unpacked = {"infer_docs_per_s_unpacked": round(len(test) / (time.perf_counter() - started), 1),
                 **infer.padding(documents)}
+    # The same model reading only what the reference reads (its first MAX_SENTENCES sentences, MAX_WORDS words
+    # each): docs/s at equal text, and how much more text per document the HAN's own limits give it.
+    from benchmarks.reference_han import MAX_SENTENCES, MAX_WORDS
+
+    clipped = [[sentence[:MAX_WORDS] for sentence in document[:MAX_SENTENCES]] for document in documents]
+    started = time.perf_counter()
+    document_outputs(infer, clipped, INFER_BATCH)
+    unpacked["at_reference_limits"] = {
+        "infer_docs_per_s": round(len(test) / (time.perf_counter() - started), 1),
+        "tokens_per_doc": round(sum(len(s) for d in clipped for s in d) / max(len(clipped), 1), 1),
+        "own_tokens_per_doc": round(sum(len(s) for d in documents for s in d) / max(len(documents), 1), 1)}
 
     classifier = RawTextClassifier.from_directory(trained.output_dir / "bundle")
     explained = QUICK_EXPLAIN_DOCUMENTS if quick else EXPLAIN_DOCUMENTS
@@ -659,12 +670,15 @@ def _mean_spread(values: dict[str, Any], metric: str) -> str:
     return f"{values[metric]:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
 
 
-def _baseline_words(settings: dict[str, Any]) -> str:
+def _baseline_words(settings: dict[str, Any], thresholds: dict[str, Any] | None = None) -> str:
     cap = settings["max_features"]
+    chosen = "" if not thresholds else (
+        "; every label at 0.5" if thresholds["mode"] == "fixed" else
+        f"; label thresholds chosen on validation as the HAN's ({thresholds['mode']}, {thresholds['global']:.2f} on the first seed)")
     return (f"TF-IDF + LR settings (`evaluate.baseline`): 1-{settings['ngram_max']} grams, min_df {settings['min_df']}, "
             f"{'sublinear' if settings['sublinear_tf'] else 'raw'} tf, C={settings['C']:g}, "
             + ("no feature cap" if cap is None else f"at most {cap:,} features")
-            + f", learnt from {settings['fit_on'].replace('_', ' + ')}")
+            + f", learnt from {settings['fit_on'].replace('_', ' + ')}{chosen}")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -699,7 +713,7 @@ def markdown(results: dict[str, Any]) -> str:
                           f"inference {han['infer_docs_per_s'] / reference['infer_docs_per_s']:.2f}x, "
                           f"accuracy {han['accuracy']:.4f} vs {reference['accuracy']:.4f}"]
         if "tfidf_lr" in systems and systems["tfidf_lr"].get("settings"):
-            lines += [_baseline_words(systems["tfidf_lr"]["settings"])]
+            lines += [_baseline_words(systems["tfidf_lr"]["settings"], systems["tfidf_lr"].get("thresholds"))]
         if han and han.get("word2vec_seconds"):
             lines += [f"HAN word vectors: word2vec on the training split first, {han['word2vec_seconds']:.0f} s "
                       "(not in train_seconds; the reference HAN starts from random vectors)"]
@@ -708,6 +722,14 @@ def markdown(results: dict[str, Any]) -> str:
                       f"against {han['infer_docs_per_s_unpacked']:,.0f} without packing "
                       f"({han['infer_docs_per_s'] / han['infer_docs_per_s_unpacked']:.2f}x, the same model and process); "
                       f"word-level padding {han['packed_word_padding']:.1%}"]
+        if han and han.get("at_reference_limits") and reference:
+            equal = han["at_reference_limits"]
+            limits = reference.get("limits", {})
+            lines += [f"HAN reading only what the reference reads ({limits.get('max_sentences')} sentences x "
+                      f"{limits.get('max_words')} words of each document): "
+                      f"{equal['infer_docs_per_s']:,.0f} docs/s, {equal['infer_docs_per_s'] / reference['infer_docs_per_s']:.2f}x "
+                      f"the reference's inference (its own limits give it {equal['own_tokens_per_doc']:.0f} tokens per "
+                      f"document against {equal['tokens_per_doc']:.0f}, {equal['own_tokens_per_doc'] / max(equal['tokens_per_doc'], 1e-9):.2f}x)"]
         if han and han.get("faithfulness"):
             faith = han["faithfulness"]
             lines += [f"HAN explanations ({faith['documents']} test documents per seed, mean of {faith['seeds']} seeds; "

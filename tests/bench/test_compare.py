@@ -72,8 +72,12 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
         assert 0 < systems["han"]["flops"]["fraction_of_matmul"] < 1
         assert systems["han"]["infer_docs_per_s_unpacked"] > 0 and 0 <= systems["han"]["packed_word_padding"] < 0.5
         assert systems["han"]["word2vec_seconds"] > 0  # configs/bbc.yaml learns word vectors before it trains
+        # The HAN read only as far as the reference reads: fewer tokens per document, at least as fast.
+        equal = systems["han"]["at_reference_limits"]
+        assert 0 < equal["tokens_per_doc"] <= equal["own_tokens_per_doc"] and equal["infer_docs_per_s"] > 0
     table = json_path.with_suffix(".md").read_text()
     assert "| han |" in table and "HAN / reference: training" in table
+    assert "HAN reading only what the reference reads (15 sentences x 40 words" in table
     han, reference, tfidf = (results["datasets"]["bbc"][name] for name in ("han", "reference_han", "tfidf_lr"))
     assert f"| han | {han['accuracy']:.4f} ± {han['accuracy_spread']:.4f} |" in table
     assert "Seeds: 42, 1." in table and "full raw text" in table
