@@ -18,7 +18,7 @@ STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reuters config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-groups lint ui clean
+.PHONY: help install data reuters config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-inference-memory bench-groups lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -89,6 +89,9 @@ bench-quick: $(STAMP) ## the same comparison on 30 documents per class, 2 epochs
 
 bench-memory: $(STAMP) ## peak RSS of preprocess, the training stream and training at 25k and 100k IMDB documents
 	HAN_DATA_DIR=$${HAN_DATA_DIR:-../shared/data} $(PY) -m benchmarks.memory $(if $(QUICK),--quick)
+
+bench-inference-memory: $(STAMP) ## peak RSS of a process that only evaluates or only serves the IMDB model (after make bench)
+	$(PY) -m benchmarks.inference_memory $(if $(QUICK),--quick)
 
 bench-groups: $(STAMP) ## word BiGRU on 4 length groups vs 1, on 100 real IMDB training batches (after make bench)
 	$(PY) -m benchmarks.length_groups
