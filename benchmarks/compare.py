@@ -282,7 +282,8 @@ def run_han(config: PipelineConfig, full: bool = True, quick: bool = False) -> d
     thresholds_path = trained.output_dir / "thresholds.json"  # a multi-label model's, chosen on validation
     thresholds = json.loads(thresholds_path.read_text())["thresholds"] if thresholds_path.is_file() else 0.5
     scores = {**_scores(test.labels, probabilities, thresholds), "train_docs_per_s": round(len(train_split) * epochs / seconds, 1),
-              "train_seconds": round(seconds, 2), "word2vec_seconds": manifest.get("word2vec_seconds"), "epochs": epochs}
+              "train_seconds": round(seconds, 2), "word2vec_seconds": manifest.get("word2vec_seconds"), "epochs": epochs,
+              "train_memory_mb": manifest.get("memory_mb")}
     # The explain stage's comprehensiveness and sufficiency, on its sample of the test split, for every seed.
     scores["faithfulness"] = faithfulness_figures(
         sampled_faithfulness(config, infer, documents, [out["sentence_weights"] for out in outputs]))
@@ -722,6 +723,9 @@ def markdown(results: dict[str, Any]) -> str:
                       f"against {han['infer_docs_per_s_unpacked']:,.0f} without packing "
                       f"({han['infer_docs_per_s'] / han['infer_docs_per_s_unpacked']:.2f}x, the same model and process); "
                       f"word-level padding {han['packed_word_padding']:.1%}"]
+        if han and han.get("train_memory_mb"):
+            lines += ["HAN training memory, resident / peak so far after each phase (MB): " + ", ".join(
+                f"{m['phase']} {m['rss']:,.0f} / {m['peak']:,.0f}" for m in han["train_memory_mb"])]
         if han and han.get("at_reference_limits") and reference:
             equal = han["at_reference_limits"]
             limits = reference.get("limits", {})

@@ -76,6 +76,16 @@ def apply_runtime(settings: RuntimeConfig) -> dict[str, int | None]:
     return wanted
 
 
+def memory_mb() -> dict[str, float] | None:
+    """This process's resident memory now (``rss``, VmRSS) and its peak so far (``peak``, VmHWM), in MB;
+    None where ``/proc/self/status`` does not say (not Linux)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        return {"rss": round(int(fields["VmRSS"].split()[0]) / 1024, 1), "peak": round(int(fields["VmHWM"].split()[0]) / 1024, 1)}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def release_free_memory() -> bool:
     """Hand the memory freed inside the process back to the system (glibc's ``malloc_trim(0)``).
 

@@ -176,7 +176,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     from pipeline.data.batching import bucketed_batches, document_sizes, make_dataset, without_autotune
     from pipeline.data.shards import TrainingStream, training_dataset
     from pipeline.model.han import build_han, compile_han, load_pretrained_embeddings
-    from pipeline.runtime import apply_runtime, release_free_memory
+    from pipeline.runtime import apply_runtime, memory_mb, release_free_memory
     from pipeline.tracking import log_datasets, stage_run
     from pipeline.training import distribute
 
@@ -193,6 +193,15 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     if distribution.strategy is not None:
         _log(distribution.describe())
     _setup_determinism(config)
+    # Resident memory and the peak so far at each phase of this process: where a training peak comes from.
+    memory: list[dict[str, Any]] = []
+
+    def note_memory(phase: str) -> None:
+        now = memory_mb()
+        if now is not None:
+            memory.append({"phase": phase, **now})
+
+    note_memory("started")
     vocab_tokens: list[str] = read_json(prep_dir / "vocab.json")["tokens"]
     embedding_matrix = None
     if config.model.embedding.pretrained_path:
@@ -211,6 +220,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
             embedding_matrix, word2vec = _learn_word2vec(config, _word2vec_paths(config, prep_dir, train), vocab_tokens)
             if word2vec_cache is not None:
                 word2vec_cache[learned] = (embedding_matrix, word2vec)
+    if word2vec is not None:
+        note_memory("word vectors learned")
     replicas = distribution.replicas
     global_batch = settings.batch_size * replicas
     rate = settings.learning_rate * (replicas if settings.distribute.scale_learning_rate else 1)
@@ -233,6 +244,7 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                               optimizer=build_optimizer(settings.model_copy(update={"learning_rate": rate}), steps_per_epoch))
         trainer.optimizer.build(trainer.trainable_variables)
         distribute.prepare_trainer(trainer, distribution)
+    note_memory("model built")
     average = None
     if settings.ema_decay:
         if distribution.strategy is not None:
@@ -341,6 +353,8 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
                 state["stopped_early"] = True
             state["epochs_done"] = epoch + 1
             state["seconds"] += time.perf_counter() - epoch_started
+            if len(memory) and memory[-1]["phase"] in ("started", "word vectors learned", "model built"):
+                note_memory("first epoch")  # the training and validation graphs traced, the datasets running
             if chief:
                 mlflow.log_metrics(logs, step=epoch + 1)
             print(epoch_line(epoch + 1, settings.epochs, logs, time.perf_counter() - epoch_started, improved),
@@ -361,9 +375,15 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
         # Training is over. The training and validation graphs, the optimizer's moments and the
         # datasets go before the outputs' work (saving, the example prediction, MLflow's check of
         # the logged model) loads the model twice more: IMDB's train stage peaked 0.12-0.15 GB lower.
+        note_memory("last epoch")
         trainer = fit = dataset = val_dataset = None
         gc.collect()
         release_free_memory()
+        note_memory("released")
+        state["memory_mb"] = memory
+        if memory:
+            _log("memory, resident / peak so far (MB): " + ", ".join(
+                f"{m['phase']} {m['rss']:,.0f} / {m['peak']:,.0f}" for m in memory))
         if not chief:
             _log(f"worker {distribution.worker_index} done after {state['epochs_done']} epochs; "
                  "the chief writes the outputs and logs to MLflow")
@@ -578,6 +598,7 @@ def _write_outputs(config, key, prep_dir, out_dir, model, labels, state, monitor
             "steps_per_epoch": steps_per_epoch,
             "train_seconds": round(state["seconds"], 3),
             "word2vec_seconds": state.get("word2vec_seconds"),  # the vectors learned first (model.embedding.word2vec); null: off
+            "memory_mb": state.get("memory_mb"),  # resident / peak so far after each phase of the process that trained
             "mlflow": {
                 "run_id": run.info.run_id,
                 "previous_run_ids": state["runs"][:-1],

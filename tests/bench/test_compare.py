@@ -78,6 +78,8 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
     table = json_path.with_suffix(".md").read_text()
     assert "| han |" in table and "HAN / reference: training" in table
     assert "HAN reading only what the reference reads (15 sentences x 40 words" in table
+    phases = [m["phase"] for m in results["datasets"]["bbc"]["han"]["train_memory_mb"]]
+    assert phases[:3] == ["started", "word vectors learned", "model built"] and "HAN training memory" in table
     han, reference, tfidf = (results["datasets"]["bbc"][name] for name in ("han", "reference_han", "tfidf_lr"))
     assert f"| han | {han['accuracy']:.4f} ± {han['accuracy_spread']:.4f} |" in table
     assert "Seeds: 42, 1." in table and "full raw text" in table

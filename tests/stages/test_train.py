@@ -36,6 +36,12 @@ def test_outputs_and_manifest(workspace):
     assert (out / "bundle" / "model.keras").is_file()
     assert not (workspace.config.artifacts_dir() / "train.resume").exists()  # cleared after a finished run
     assert history["history"]["accuracy"][-1] > 0.8  # it learned (chance is 0.25)
+    # Where the training peak comes from: resident memory and the peak so far after each phase.
+    memory = manifest["memory_mb"]
+    assert [m["phase"] for m in memory] == ["started", "model built", "first epoch", "last epoch", "released"]
+    peaks = [m["peak"] for m in memory]
+    assert peaks == sorted(peaks) and all(0 < m["rss"] <= m["peak"] for m in memory)
+    assert memory[0]["rss"] > 200  # TensorFlow is loaded before training starts
 
 
 def test_mlflow_run_tree_params_metrics_and_models(workspace):
@@ -140,6 +146,7 @@ def test_word2vec_vectors_are_learned_first_and_logged(tmp_path, monkeypatch, ca
     assert "word2vec: epoch 3/3" in capsys.readouterr().err
     manifest = json.loads((workspace.root / "artifacts" / "demo" / "train" / "manifest.json").read_text())
     assert manifest["word2vec_seconds"] > 0  # outside train_seconds (make bench reports both)
+    assert [m["phase"] for m in manifest["memory_mb"]][:3] == ["started", "word vectors learned", "model built"]
     client = mlflow.MlflowClient()
     [run] = mlflow.search_runs(experiment_names=["demo"], filter_string="tags.`han.stage` = 'train'", output_format="list")
     losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "word2vec_loss"), key=lambda m: m.step)]
