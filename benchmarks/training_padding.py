@@ -1,0 +1,124 @@
+"""How much of the word level's work in training is padding, and so how much packing training batches could save.
+
+``python -m benchmarks.training_padding [--prep DIR] [--groups 4] [--chunk 1024] [--epochs 1]``
+
+Reads one epoch of the training stream exactly as the train stage batches it (``TrainingStream``: the
+shuffle buffer, windows of ``bucket_batches`` batches sorted by size, 32 documents a batch) from a
+preprocessed corpus (default: the IMDB split ``make bench`` writes), and counts the ``(sentence, word)``
+cells the word encoder steps over, three ways:
+
+- ``dense``: each batch padded to its own most sentences x longest sentence (one length group);
+- ``groups``: the model's length groups (``model.train_word_buckets``, ``han.SplitByLength``): the batch's
+  sentence rows, padding sentences included, sorted by length and cut into up to ``--groups`` groups, each
+  padded to its own longest sentence;
+- ``packed``: the real sentences of each window of ``bucket_batches`` batches sorted by length across its
+  documents and cut into chunks of ``--chunk``, each padded to its own longest sentence (what #31 proposes for
+  training; padding sentences are never encoded).
+
+No TensorFlow: this counts, it does not time. ``real / cells`` is the share of the word encoder's steps that
+read a word; ``groups / packed`` bounds what packing could save at the word level if time followed cells
+(it is a bound: per-step overhead and the sentence level are left out). One JSON line, then a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import PROJECT_ROOT
+
+
+def row_lengths(tokens: np.ndarray) -> np.ndarray:
+    """One past the last real word of each ``(sentence, word)`` row of a ``(batch, sentences, words)`` batch."""
+    rows = tokens.reshape(-1, tokens.shape[-1])
+    positions = np.arange(1, rows.shape[1] + 1)
+    return np.where(rows != 0, positions, 0).max(axis=1) if rows.size else np.zeros(0, dtype=np.int64)
+
+
+def group_cells(lengths: np.ndarray, groups: int, min_sentences: int = 64) -> int:
+    """The cells ``SplitByLength(groups, min_sentences)`` pads to for rows of these lengths (its empty rows too)."""
+    rows = np.sort(np.concatenate([np.zeros(groups, dtype=np.int64), lengths]))
+    sentences = len(lengths)
+    used = int(np.clip(sentences // min_sentences, 1, groups))
+    unused = groups - used
+    rest = sentences + used
+    cells = 0
+    for k in range(groups):
+        j = k - unused
+        start, stop = (k, k + 1) if k < unused else (unused + (j * rest) // used, unused + ((j + 1) * rest) // used)
+        members = rows[start:stop]
+        cells += len(members) * max(int(members.max()) if len(members) else 0, 1)
+    return cells
+
+
+def packed_cells(lengths: np.ndarray, chunk: int) -> int:
+    """Real sentences (length > 0) sorted by length, in chunks of ``chunk``, each padded to its own longest."""
+    real = np.sort(lengths[lengths > 0])
+    return int(sum(len(part) * int(part.max()) for part in (real[i : i + chunk] for i in range(0, len(real), chunk))))
+
+
+def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size: int = 32, bucket_batches: int = 20,
+            shuffle_buffer: int = 10_000, min_sentences: int = 64, seed: int = 42) -> dict:
+    """Count one or more epochs' cells; the batching settings default to ``configs/default.yaml``'s."""
+    from pipeline.data.shards import TrainingStream, shard_paths
+
+    paths = shard_paths(prep, "train")
+    shapes = []
+    for path in paths:
+        with np.load(path, allow_pickle=False) as shard:
+            shapes.append(shard["labels"].shape)
+    documents = sum(shape[0] for shape in shapes)
+    num_labels = shapes[0][1] if shapes and len(shapes[0]) == 2 else None  # multi-label shards: 0/1 rows
+    totals = {"real": 0, "dense": 0, "groups": 0, "packed": 0}
+    batches = 0
+    for epoch in range(epochs):
+        stream = TrainingStream(paths, documents=documents, batch_size=batch_size, bucket_batches=bucket_batches,
+                                seed=seed, epoch=epoch, shuffle_buffer=shuffle_buffer, num_labels=num_labels)
+        window: list[np.ndarray] = []
+        for tokens, *_ in stream.batches():
+            lengths = row_lengths(tokens)
+            totals["real"] += int(np.count_nonzero(tokens))
+            totals["dense"] += int(tokens.size)
+            totals["groups"] += group_cells(lengths, groups, min_sentences)
+            window.append(lengths)
+            batches += 1
+            if len(window) == bucket_batches:
+                totals["packed"] += packed_cells(np.concatenate(window), chunk)
+                window = []
+        if window:
+            totals["packed"] += packed_cells(np.concatenate(window), chunk)
+    share = {f"real_share_{name}": round(totals["real"] / totals[name], 4) for name in ("dense", "groups", "packed")}
+    return {"prep": str(prep), "documents": documents, "epochs": epochs, "batches": batches, "groups": groups,
+            "chunk": chunk, "batch_size": batch_size, "bucket_batches": bucket_batches,
+            "cells": totals, **share, "groups_over_packed": round(totals["groups"] / totals["packed"], 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.training_padding", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prep", type=Path, default=PROJECT_ROOT / "artifacts" / "bench-imdb" / "preprocess",
+                        help="a preprocess stage's output folder (default: the IMDB split `make bench` writes)")
+    parser.add_argument("--groups", type=int, default=4, help="length groups while training (configs/imdb.yaml: 4)")
+    parser.add_argument("--chunk", type=int, default=1024, help="sentences per packed chunk (as packed inference)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of the stream to count (default 1)")
+    parser.add_argument("--seed", type=int, default=42, help="the stream's shuffle seed (default 42)")
+    args = parser.parse_args(argv)
+    if not (args.prep / "manifest.json").is_file():
+        print(f"no preprocessed corpus in {args.prep}: run `make bench` (or `make preprocess`) first, "
+              "or give --prep DIR", file=sys.stderr)
+        return 2
+    result = measure(args.prep, args.groups, args.chunk, args.epochs, seed=args.seed)
+    print(json.dumps(result))
+    print(f"word level, real words per cell stepped over: {result['real_share_dense']:.1%} in dense batches, "
+          f"{result['real_share_groups']:.1%} with {args.groups} length groups, {result['real_share_packed']:.1%} packed "
+          f"in chunks of {args.chunk} within each window of {result['bucket_batches']} batches; packing would step "
+          f"over {1 / result['groups_over_packed']:.2f}x the cells the groups do ({result['batches']} batches, "
+          f"{result['documents']:,} documents)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
