@@ -62,6 +62,8 @@ def markdown(data: dict) -> str:
         sufficiency = " / ".join(f"{faith['sufficiency']['attention'][k]:.3f} vs {faith['sufficiency']['random'][k]:.3f}"
                                  for k in ("1", "2", "3") if faith and faith["sufficiency"]["attention"].get(k) is not None)
         lines.append(f"| {variant['dataset']} | {settings} | {per_seed} | {np.mean(values):.4f} | {ratio} | {sufficiency} |")
+    if data.get("notes"):  # how and when it ran, and what to compare with: written by hand into the JSON
+        lines += ["", *data["notes"]]
     return "\n".join(lines) + "\n"
 
 

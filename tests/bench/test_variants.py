@@ -43,3 +43,7 @@ def test_recorded_variants_keep_each_seed_and_the_markdown_says_their_mean(tmp_p
     table = path.with_suffix(".md").read_text()
     assert "| bbc | `train.ema_decay=0.99` | 0.9700 / 0.9900 (accuracy; seeds 42, 1) | 0.9800 | 15.0x |" in table
     assert "| bbc | `model.dropout=0.5` | 0.9000 (accuracy; seeds 42) | 0.9000 | 2.0x |" in table
+    path.write_text(json.dumps({**data, "notes": ["Run: by hand, on a quiet machine."]}))
+    record(path, "bbc", "third", ["model.dropout=0.2"], [_seed(42, 0.95, 3.0)])  # the notes stay, under the table
+    table = path.with_suffix(".md").read_text()
+    assert table.index("`model.dropout=0.2`") < table.index("Run: by hand, on a quiet machine.")
