@@ -8,9 +8,9 @@ preprocessed corpus (default: the IMDB split ``make bench`` writes), and counts 
 cells the word encoder steps over, three ways:
 
 - ``dense``: each batch padded to its own most sentences x longest sentence (one length group);
-- ``groups``: the model's length groups (``model.train_word_buckets``, ``han.SplitByLength``): the batch's
-  sentence rows, padding sentences included, sorted by length and cut into up to ``--groups`` groups, each
-  padded to its own longest sentence;
+- ``groups``: what the model steps over: its real sentences (``han.GatherSentences`` drops the padding ones)
+  sorted by length and cut into up to ``--groups`` length groups (``model.train_word_buckets``,
+  ``han.SplitByLength``), each padded to its own longest sentence; ``--groups 1`` is one group;
 - ``packed``: the real sentences of each window of ``bucket_batches`` batches sorted by length across its
   documents and cut into chunks of ``--chunk``, each padded to its own longest sentence (what #31 proposes for
   training; padding sentences are never encoded).
@@ -55,6 +55,13 @@ def group_cells(lengths: np.ndarray, groups: int, min_sentences: int = 64) -> in
     return cells
 
 
+def model_cells(tokens: np.ndarray, groups: int, min_sentences: int = 64) -> int:
+    """The word level's cells for one ``(batch, sentences, words)`` batch as the HAN runs it: its real sentences
+    only (``GatherSentences``), in ``groups`` length groups."""
+    lengths = row_lengths(tokens)
+    return group_cells(lengths[lengths > 0], groups, min_sentences)
+
+
 def packed_cells(lengths: np.ndarray, chunk: int) -> int:
     """Real sentences (length > 0) sorted by length, in chunks of ``chunk``, each padded to its own longest."""
     real = np.sort(lengths[lengths > 0])
@@ -74,6 +81,7 @@ def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size:
     documents = sum(shape[0] for shape in shapes)
     num_labels = shapes[0][1] if shapes and len(shapes[0]) == 2 else None  # multi-label shards: 0/1 rows
     totals = {"real": 0, "dense": 0, "groups": 0, "packed": 0}
+    rows = padding_rows = 0  # sentence rows of the dense batches, and those that are padding sentences
     batches = 0
     for epoch in range(epochs):
         stream = TrainingStream(paths, documents=documents, batch_size=batch_size, bucket_batches=bucket_batches,
@@ -82,8 +90,9 @@ def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size:
         for tokens, *_ in stream.batches():
             lengths = row_lengths(tokens)
             totals["real"] += int(np.count_nonzero(tokens))
+            rows, padding_rows = rows + len(lengths), padding_rows + int(np.count_nonzero(lengths == 0))
             totals["dense"] += int(tokens.size)
-            totals["groups"] += group_cells(lengths, groups, min_sentences)
+            totals["groups"] += model_cells(tokens, groups, min_sentences)
             window.append(lengths)
             batches += 1
             if len(window) == bucket_batches:
@@ -94,7 +103,8 @@ def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size:
     share = {f"real_share_{name}": round(totals["real"] / totals[name], 4) for name in ("dense", "groups", "packed")}
     return {"prep": str(prep), "documents": documents, "epochs": epochs, "batches": batches, "groups": groups,
             "chunk": chunk, "batch_size": batch_size, "bucket_batches": bucket_batches,
-            "cells": totals, **share, "groups_over_packed": round(totals["groups"] / totals["packed"], 4)}
+            "cells": totals, **share,
+            "padding_sentence_share": round(padding_rows / rows, 4) if rows else 0.0, "groups_over_packed": round(totals["groups"] / totals["packed"], 4)}
 
 
 def main(argv: list[str] | None = None) -> int:

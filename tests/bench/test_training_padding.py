@@ -25,6 +25,16 @@ def test_group_cells_are_what_split_by_length_pads_to():
         assert training_padding.group_cells(training_padding.row_lengths(tokens[None]), groups, 64) == model_cells
 
 
+def test_the_model_steps_over_its_real_sentences_only():
+    tokens = np.zeros((2, 5, 4), dtype=np.int32)
+    tokens[0, 0, :2] = 7  # one sentence of 2 words, then 4 padding sentences
+    tokens[1, :, :] = 9  # five sentences of 4 words
+    # The 6 real sentences and the one empty row SplitByLength adds per group, 4 words wide: not the batch's 10 rows.
+    assert training_padding.model_cells(tokens, groups=1, min_sentences=1) == (6 + 1) * 4
+    # Two groups: rows [0 0 2 4] and [4 4 4 4] after the 2 empty rows are added and all 8 sorted.
+    assert training_padding.model_cells(tokens, groups=2, min_sentences=1) == 4 * 4 + 4 * 4
+
+
 def test_packed_cells_pad_each_chunk_to_its_own_longest_and_skip_padding_sentences():
     lengths = np.array([0, 3, 1, 0, 7, 2, 2])
     assert training_padding.packed_cells(lengths, chunk=2) == 2 * 2 + 2 * 3 + 1 * 7  # (1,2) (2,3) (7)
@@ -41,6 +51,7 @@ def test_one_epoch_of_the_training_stream_is_counted_every_way(tmp_path, capsys)
     cells = result["cells"]
     assert cells["real"] <= cells["packed"] <= cells["groups"] <= cells["dense"]
     assert 0 < result["real_share_dense"] <= result["real_share_groups"] <= result["real_share_packed"] <= 1
+    assert 0 < result["padding_sentence_share"] < 1  # demo documents differ in sentence count
 
 
 def test_without_a_preprocessed_corpus_it_says_what_to_run(tmp_path, capsys):
