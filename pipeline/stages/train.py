@@ -199,7 +199,10 @@ def _fit(config, key, prep_dir, prep_manifest, out_dir, labels, train, validatio
     def note_memory(phase: str) -> None:
         now = memory_mb()
         if now is not None:
-            memory.append({"phase": phase, **now})
+            # The kernel's counters are per-thread and summed lazily, so VmHWM can read a little below an
+            # earlier VmHWM or the current VmRSS: the peak so far is the highest reading so far.
+            peak = max(now["peak"], now["rss"], *(m["peak"] for m in memory))
+            memory.append({"phase": phase, "rss": now["rss"], "peak": peak})
 
     note_memory("started")
     vocab_tokens: list[str] = read_json(prep_dir / "vocab.json")["tokens"]
