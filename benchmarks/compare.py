@@ -476,10 +476,17 @@ def run_tfidf(config: PipelineConfig, full: bool = True, quick: bool = False) ->
 def peak_rss_mb() -> float:
     """This process's peak resident memory (``VmHWM``: unlike ``ru_maxrss``, not inherited from the
     parent that forked it, whose size at the fork would otherwise count)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    from pipeline.runtime import memory_mb
+
+    now = memory_mb()
+    return now["peak"] if now else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def bench_prep(dataset: str = "imdb") -> Path:
+    """The preprocessed corpus ``make bench`` writes for ``dataset`` (its first seed), under ``HAN_ARTIFACTS_DIR``."""
+    from pipeline.config import artifacts_root
+
+    return artifacts_root() / f"bench-{dataset}" / "preprocess"
 
 
 def _each_seed(run, clear_session: bool = False):

@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.compare import RESULT_PREFIX, log, machine, peak_rss_mb
-from pipeline.config import PROJECT_ROOT, artifacts_root
+from benchmarks.compare import RESULT_PREFIX, bench_prep, log, machine, peak_rss_mb
+from pipeline.config import PROJECT_ROOT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("import", "load", "evaluate_packed", "evaluate_unpacked", "serve")
@@ -61,11 +61,7 @@ DEFAULT_BATCH = 64  # evaluate.batch_size: documents per padded batch of the unp
 
 
 def default_bundle() -> Path:
-    return artifacts_root() / "bench-imdb" / "train" / "bundle"
-
-
-def default_prep() -> Path:
-    return artifacts_root() / "bench-imdb" / "preprocess"
+    return bench_prep().parent / "train" / "bundle"
 
 
 def missing_inputs(bundle: Path, prep: Path) -> list[str]:
@@ -88,10 +84,10 @@ def shown(path: Path) -> str:
 
 def rss_mb() -> float:
     """This process's resident memory now (``VmRSS``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    from pipeline.runtime import memory_mb
+
+    now = memory_mb()
+    return now["rss"] if now else 0.0
 
 
 def raw_texts(prep: Path, count: int) -> tuple[list[str], list[str]]:
@@ -295,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probabilities", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.bundle = args.bundle or default_bundle()
-    args.prep = args.prep or default_prep()
+    args.prep = args.prep or bench_prep()
     if args.child:
         print(RESULT_PREFIX + json.dumps(child(args.child, args)), flush=True)
         return 0

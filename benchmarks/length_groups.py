@@ -20,18 +20,20 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import PROJECT_ROOT, ModelConfig, RuntimeConfig
+from benchmarks.compare import bench_prep
+from pipeline.config import ModelConfig, RuntimeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.length_groups", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prep", type=Path, default=PROJECT_ROOT / "artifacts" / "bench-imdb" / "preprocess",
-                        help="a preprocess stage's output folder (default: the IMDB split `make bench` writes)")
+    parser.add_argument("--prep", type=Path, default=None,
+                        help="a preprocess stage's output folder (default: the IMDB split `make bench` writes under HAN_ARTIFACTS_DIR)")
     parser.add_argument("--batches", type=int, default=100, help="training batches of 32 documents (default 100)")
     parser.add_argument("--epochs", type=int, default=3, help="passes over them per group count (default 3)")
     parser.add_argument("--groups", default="4,1", help="comma-separated group counts; the last is the baseline")
     parser.add_argument("--infer-batch", type=int, default=256, help="documents per inference batch (default 256)")
     args = parser.parse_args(argv)
+    args.prep = args.prep or bench_prep()
 
     from pipeline.runtime import apply_runtime
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PROJECT_ROOT
+from benchmarks.compare import bench_prep
 
 
 def row_lengths(tokens: np.ndarray) -> np.ndarray:
@@ -109,13 +109,14 @@ def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training_padding", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prep", type=Path, default=PROJECT_ROOT / "artifacts" / "bench-imdb" / "preprocess",
-                        help="a preprocess stage's output folder (default: the IMDB split `make bench` writes)")
+    parser.add_argument("--prep", type=Path, default=None,
+                        help="a preprocess stage's output folder (default: the IMDB split `make bench` writes under HAN_ARTIFACTS_DIR)")
     parser.add_argument("--groups", type=int, default=4, help="length groups while training (configs/imdb.yaml: 4)")
     parser.add_argument("--chunk", type=int, default=1024, help="sentences per packed chunk (as packed inference)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the stream to count (default 1)")
     parser.add_argument("--seed", type=int, default=42, help="the stream's shuffle seed (default 42)")
     args = parser.parse_args(argv)
+    args.prep = args.prep or bench_prep()
     if not (args.prep / "manifest.json").is_file():
         print(f"no preprocessed corpus in {args.prep}: run `make bench` (or `make preprocess`) first, "
               "or give --prep DIR", file=sys.stderr)

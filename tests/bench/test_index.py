@@ -43,3 +43,23 @@ def test_check_names_a_stale_readme(tmp_path, monkeypatch, capsys):
     assert "README.md is out of date" in capsys.readouterr().err
     assert index.main([]) == 0 and index.main(["--check"]) == 0
     assert "| old | table |" not in readme.read_text() and "| dataset | metric |" in readme.read_text()
+
+
+def test_the_readme_speed_table_is_what_the_run_it_links_measured():
+    import re
+
+    readme = index.README.read_text(encoding="utf-8")
+    (stem,) = re.findall(r"\]\(benchmarks/results/([\w-]+-imdb-speed)\.md\)", readme)
+    imdb = json.loads((index.RESULTS / f"{stem}.json").read_text())["datasets"]["imdb"]
+    han, reference = imdb["han"], imdb["reference_han"]
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+            for line in readme.splitlines() if line.startswith(("| batch inference, docs/s", "| training, docs/s", "| training peak RSS"))}
+    inference, training, peak = rows["batch inference, docs/s"], rows["training, docs/s"], rows["training peak RSS"]
+    assert inference[0].startswith(f"{han['infer_docs_per_s']:,.0f}") and inference[1] == f"{reference['infer_docs_per_s']:,.0f}"
+    assert inference[2] == f"{han['infer_docs_per_s'] / reference['infer_docs_per_s']:.2f}x"
+    assert training[0] == f"{han['train_docs_per_s']:,.0f}" and training[1] == f"{reference['train_docs_per_s']:,}"
+    assert training[2] == f"{han['train_docs_per_s'] / reference['train_docs_per_s']:.2f}x"
+    assert peak[:2] == [f"{han['train_peak_rss_mb']:,.0f} MB", f"{reference['train_peak_rss_mb']:,.0f} MB"]
+    phases = {m["phase"]: m for m in han["train_memory_mb"]}
+    assert f"word2vec peaks at {phases['word vectors learned']['peak']:,.0f} MB" in readme
+    assert f"the first epoch at {phases['first epoch']['peak']:,.0f} MB" in readme
