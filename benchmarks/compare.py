@@ -423,17 +423,17 @@ def run_reference(config: PipelineConfig, full: bool = True, quick: bool = False
             monitor=t.early_stopping.monitor if has_validation else t.early_stopping.monitor.removeprefix("val_"),
             patience=t.early_stopping.patience, min_delta=t.early_stopping.min_delta, restore_best_weights=True))
     started = time.perf_counter()
-    history = trainer.fit(x["train"], splits["train"].labels, batch_size=t.batch_size, epochs=t.epochs, verbose=2,
-                          validation_data=(x["validation"], splits["validation"].labels) if has_validation else None,
-                          callbacks=callbacks)
+    history = trainer.fit(_fed(x["train"], splits["train"].labels, t.batch_size, shuffle_seed=config.seed), epochs=t.epochs,
+                          verbose=2, callbacks=callbacks,
+                          validation_data=_fed(x["validation"], splits["validation"].labels, t.batch_size) if has_validation else None)
     seconds = time.perf_counter() - started
     train_peak = peak_rss_mb()
     epochs = len(history.history["loss"])
 
     if full:
-        trainer.predict(x["test"][:INFER_BATCH], batch_size=INFER_BATCH, verbose=0)  # warm-up
+        trainer.predict(_fed(x["test"][:INFER_BATCH], None, INFER_BATCH), verbose=0)  # warm-up
     started = time.perf_counter()
-    probabilities = trainer.predict(x["test"], batch_size=INFER_BATCH, verbose=0)
+    probabilities = trainer.predict(_fed(x["test"], None, INFER_BATCH), verbose=0)
     infer_seconds = time.perf_counter() - started
     scores = {**_scores(splits["test"].labels, np.asarray(probabilities)),
               "train_docs_per_s": round(len(splits["train"]) * epochs / seconds, 1), "train_seconds": round(seconds, 2),
@@ -449,6 +449,28 @@ def run_reference(config: PipelineConfig, full: bool = True, quick: bool = False
     latency = _latencies(lambda text: forward(pad_fixed(reader.encode([text]))), _raw_texts(prep, "test")[:explained])
     return {**scores, "infer_docs_per_s": round(len(splits["test"]) / infer_seconds, 1), **latency,
             "train_peak_rss_mb": train_peak, "limits": {"max_sentences": MAX_SENTENCES, "max_words": MAX_WORDS}}
+
+
+def _fed(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle_seed: int | None = None):
+    """``x`` (and ``y``) in batches as Keras' ``fit``/``predict`` would cut them from arrays (reshuffled every epoch
+    with ``shuffle_seed``), but without tf.data's autotuning thread, as the train stage feeds our HAN: Keras' own
+    dataset over arrays starts one, and joining it when an epoch's or a predict call's iterator ends held the
+    reference for up to ~10 s outside its work (``pipeline.data.batching.without_autotune``; the reference's
+    inference read 608 or 800-900 docs/s on IMDB depending on that wait)."""
+    import tensorflow as tf
+
+    from pipeline.data.batching import without_autotune
+
+    inputs = tf.constant(x)
+    targets = None if y is None else tf.constant(y)
+    order = tf.data.Dataset.range(len(x))
+    if shuffle_seed is not None:
+        order = order.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def gather(index):
+        return (tf.gather(inputs, index),) if targets is None else (tf.gather(inputs, index), tf.gather(targets, index))
+
+    return without_autotune(order.batch(batch_size).map(gather).prefetch(2))
 
 
 def run_tfidf(config: PipelineConfig, full: bool = True, quick: bool = False) -> dict[str, Any]:

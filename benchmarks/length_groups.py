@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
+    from pipeline.data.batching import without_autotune
     from pipeline.data.shards import TrainingStream, shard_paths
     from pipeline.model.han import build_han, compile_han, document_outputs, inference_function
 
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         timer = Timer()
         timer.seconds = []
         dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
+        # As the train stage feeds fit: without tf.data's autotuning thread, whose join when an epoch's
+        # iterator is destroyed held some epochs here for ~10 s outside their steps.
+        dataset = without_autotune(dataset.apply(tf.data.experimental.assert_cardinality(len(batches))))
         trainer.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[timer])
         infer = inference_function(model)
         document_outputs(infer, documents[: args.infer_batch], args.infer_batch)  # trace

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks.compare import (
@@ -245,3 +246,21 @@ def test_a_later_run_of_one_dataset_keeps_the_days_other_datasets():
     other_seeds = {"date": "2026-12-04", "quick": False, "seeds": [7], "datasets": {}}
     carry_over(other_seeds, earlier, ["bbc"])
     assert other_seeds["datasets"] == {}  # a file's seeds are every dataset's: nothing kept from other seeds
+
+
+def test_the_reference_is_fed_every_row_once_per_epoch_reshuffled_without_autotuning():
+    from benchmarks.compare import _fed
+
+    x = np.arange(10 * 2 * 3, dtype=np.int32).reshape(10, 2, 3)
+    y = np.arange(10)
+    fed = _fed(x, y, batch_size=4, shuffle_seed=42)
+    assert fed.options().autotune.enabled is False  # no autotuning thread to join when an epoch ends
+    epochs = [[(bx.numpy(), by.numpy()) for bx, by in fed] for _ in range(2)]
+    for epoch in epochs:
+        assert [len(by) for _, by in epoch] == [4, 4, 2]
+        rows = np.concatenate([by for _, by in epoch])
+        assert sorted(rows.tolist()) == list(range(10))  # every row once
+        np.testing.assert_array_equal(np.concatenate([bx for bx, _ in epoch]), x[rows])  # inputs stay with their labels
+    assert not np.array_equal(*(np.concatenate([by for _, by in epoch]) for epoch in epochs))  # reshuffled
+    in_order = [bx.numpy() for (bx,) in _fed(x, None, batch_size=4)]
+    np.testing.assert_array_equal(np.concatenate(in_order), x)  # predict: in order
