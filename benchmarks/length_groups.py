@@ -1,6 +1,7 @@
 """Length groups (``model.word_buckets``) against one group, on the same real training batches.
 
 ``python -m benchmarks.length_groups [--prep DIR] [--batches 100] [--epochs 3] [--groups 4,1] [--infer-batch 256]``
+(``--groups 4:padding,4`` compares where the groups are cut, ``model.word_bucket_cuts``)
 
 Takes the first ``--batches`` batches of the training stream of a preprocessed corpus (default:
 the IMDB split ``make bench`` preprocesses, ``artifacts/bench-imdb/preprocess``), then for each
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a preprocess stage's output folder (default: the IMDB split `make bench` writes under HAN_ARTIFACTS_DIR)")
     parser.add_argument("--batches", type=int, default=100, help="training batches of 32 documents (default 100)")
     parser.add_argument("--epochs", type=int, default=3, help="passes over them per group count (default 3)")
-    parser.add_argument("--groups", default="4,1", help="comma-separated group counts; the last is the baseline")
+    parser.add_argument("--groups", default="4,1", help="comma-separated group counts, each optionally with where the "
+                        "groups are cut (model.word_bucket_cuts), e.g. 4:padding; the last is the baseline")
     parser.add_argument("--infer-batch", type=int, default=256, help="documents per inference batch (default 256)")
     args = parser.parse_args(argv)
     args.prep = args.prep or bench_prep()
@@ -73,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             self.seconds.append(time.perf_counter() - self.started)
 
     results = []
-    for groups in [int(g) for g in args.groups.split(",")]:
+    for variant in args.groups.split(","):
+        groups, _, cuts = variant.partition(":")
+        groups, cuts = int(groups), cuts or "count"
         keras.utils.set_random_seed(42)
-        config = ModelConfig(word_buckets=groups, dropout=0.3)
+        config = ModelConfig(word_buckets=groups, word_bucket_cuts=cuts, dropout=0.3)
         model = build_han(config, vocab_size, classes)
         trainer = compile_han(model, config)
         timer = Timer()
@@ -91,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         document_outputs(infer, documents, args.infer_batch)
         infer_seconds = time.perf_counter() - started
         after_first = timer.seconds[1:] or timer.seconds
-        result = {"groups": groups, "documents": count, "epoch_seconds": [round(s, 2) for s in timer.seconds],
+        result = {"groups": groups, "cuts": cuts, "documents": count, "epoch_seconds": [round(s, 2) for s in timer.seconds],
                   "train_docs_per_s": round(count * len(after_first) / sum(after_first), 1),
                   "infer_docs_per_s": round(count / infer_seconds, 1)}
         results.append(result)
         print(json.dumps(result), flush=True)
     base = results[-1]
     for result in results[:-1]:
-        print(f"{result['groups']} groups / {base['groups']}: training "
+        print(f"{result['groups']} groups ({result['cuts']} cuts) / {base['groups']} ({base['cuts']}): training "
               f"{result['train_docs_per_s'] / base['train_docs_per_s']:.2f}x, inference "
               f"{result['infer_docs_per_s'] / base['infer_docs_per_s']:.2f}x ({count} documents, {args.batches} batches)")
     return 0

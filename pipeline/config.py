@@ -299,6 +299,11 @@ class ModelConfig(_Strict):
         64, ge=1, le=65_536, description="fewest sentences worth a group of their own: a batch of n sentences uses "
         "min(word_buckets, n // this) groups (small batches, e.g. one document to explain, stay one group)",
     )
+    word_bucket_cuts: Literal["count", "padding"] = Field(
+        "count", description="where the length groups are cut: count = equal numbers of sentences (word_bucket_sentences "
+        "or more each); padding = where the padded cells, loop steps and groups cost least (dynamic programming over "
+        "the batch's sentence lengths)",
+    )
     sentence_units: int = Field(50, ge=1, le=2048)
     transformer_heads: int = Field(2, ge=1, le=32)
     word_attention: AttentionConfig = Field(default_factory=AttentionConfig)

@@ -117,6 +117,16 @@ class ScatterSentences(keras.layers.Layer):
         return (token_ids_shape[0], token_ids_shape[1], *values_shape[1:])
 
 
+STEP_COST = 15.0  # cells one loop step costs (IMDB training steps, 2 cores: docs/speed-on-a-cpu.md)
+GROUP_COST = 250.0  # cells one more group costs in fixed per-group work (the same measurement)
+
+
+def _row_lengths(rows):
+    """One past the last real word of each row (so a stray 0 inside a sentence cannot cut it), int32."""
+    positions = ops.expand_dims(ops.arange(1, ops.shape(rows)[1] + 1, dtype="int32"), 0)
+    return ops.max(ops.where(ops.not_equal(rows, PAD_ID), positions, ops.zeros_like(positions)), axis=1)
+
+
 @keras.saving.register_keras_serializable(package="han")
 class SplitByLength(keras.layers.Layer):
     """Cut a flat batch of sentences into groups of similar length, each cut to its own longest
@@ -149,19 +159,22 @@ class SplitByLength(keras.layers.Layer):
         the empty rows in front.
     """
 
-    def __init__(self, buckets, min_sentences=64, **kwargs):
+    def __init__(self, buckets, min_sentences=64, cuts="count", step_cost=STEP_COST, group_cost=GROUP_COST, **kwargs):
         super().__init__(**kwargs)
         if buckets < 1 or min_sentences < 1:
             raise ValueError(f"{self.name}: buckets and min_sentences must be >= 1, got {buckets}, {min_sentences}")
+        if cuts not in ("count", "padding"):
+            raise ValueError(f"{self.name}: cuts must be 'count' or 'padding', got {cuts!r}")
         self.buckets = buckets
         self.min_sentences = min_sentences
+        self.cuts, self.step_cost, self.group_cost = cuts, float(step_cost), float(group_cost)
 
     def call(self, sentence_token_ids):
+        if self.cuts == "padding":
+            return self._cut_where_padding_is_least(sentence_token_ids)
         sentences, words = ops.shape(sentence_token_ids)[0], ops.shape(sentence_token_ids)[1]
         rows = ops.concatenate([ops.zeros((self.buckets, words), dtype=sentence_token_ids.dtype), sentence_token_ids], 0)
-        # A sentence's length is one past its last real word (so a stray 0 inside it cannot cut it).
-        positions = ops.expand_dims(ops.arange(1, words + 1, dtype="int32"), 0)
-        lengths = ops.max(ops.where(ops.not_equal(rows, PAD_ID), positions, ops.zeros_like(positions)), axis=1)
+        lengths = _row_lengths(rows)
         order = ops.argsort(lengths)  # the empty rows (length 0) come first
         used = ops.clip(ops.convert_to_tensor(sentences // self.min_sentences, dtype="int32"), 1, self.buckets)
         unused = self.buckets - used  # these groups take one empty row each
@@ -176,11 +189,48 @@ class SplitByLength(keras.layers.Layer):
             groups.append(ops.take(rows, members, axis=0)[:, :width])
         return [*groups, ops.cast(order, "int32")]
 
+    def _cut_where_padding_is_least(self, sentence_token_ids):
+        """``cuts="padding"``: group ``k`` is empty row ``k`` plus the sentences whose lengths lie in
+        ``(bound_k, bound_k+1]``, the bounds chosen by dynamic programming over the distinct lengths to
+        minimise ``cells + step_cost * steps + group_cost * groups`` (a group's steps are its longest
+        sentence; an unneeded group keeps only its empty row)."""
+        words = ops.shape(sentence_token_ids)[1]
+        rows = ops.concatenate([ops.zeros((self.buckets, words), dtype=sentence_token_ids.dtype), sentence_token_ids], 0)
+        lengths = _row_lengths(rows)[self.buckets:]  # (computed on ``rows``: never an empty tensor)
+        order = ops.argsort(lengths) + self.buckets  # the sentences' rows in ``rows``, shortest first
+        top = ops.max(ops.concatenate([lengths, ops.ones((1,), "int32")]))
+        span = ops.arange(top + 1, dtype="int32")
+        # at_most[b]: sentences of length <= b
+        at_most = ops.cumsum(ops.sum(ops.cast(ops.equal(lengths[:, None], span[None, :]), "int32"), axis=0))
+        width = ops.cast(span, "float32")
+        # cost[a, b] of one group holding the lengths (a, b]; infinite unless a < b
+        cost = (ops.cast(at_most[None, :] - at_most[:, None], "float32") + self.step_cost) * width[None, :] + self.group_cost
+        cost = ops.where(span[:, None] < span[None, :], cost, float("inf"))
+        best = ops.where(ops.equal(span, 0), 0.0, float("inf"))  # best[b]: least cost of covering lengths (0, b]
+        starts = []
+        for _ in range(self.buckets):
+            through = best[:, None] + cost
+            start, extended = ops.cast(ops.argmin(through, axis=0), "int32"), ops.min(through, axis=0)
+            starts.append(ops.where(best <= extended, span, start))  # start == b: this group stays empty
+            best = ops.minimum(best, extended)
+        bounds = [top]
+        for start in reversed(starts):
+            bounds.insert(0, ops.take(start, bounds[0]))
+        edges = [ops.zeros((), "int32"), *(ops.take(at_most, bound) for bound in bounds[1:])]  # group 0 takes length 0 too
+        groups, members_all = [], []
+        for k in range(self.buckets):
+            members = ops.concatenate([ops.full((1,), k, "int32"), ops.cast(order[edges[k]:edges[k + 1]], "int32")], 0)
+            width = ops.maximum(ops.max(ops.take(ops.concatenate([ops.zeros((self.buckets,), "int32"), lengths]), members)), 1)
+            groups.append(ops.take(rows, members, axis=0)[:, :width])
+            members_all.append(members)
+        return [*groups, ops.concatenate(members_all, 0)]
+
     def compute_output_shape(self, input_shape):
         return [(None, None)] * self.buckets + [(None,)]
 
     def get_config(self):
-        return {**super().get_config(), "buckets": self.buckets, "min_sentences": self.min_sentences}
+        return {**super().get_config(), "buckets": self.buckets, "min_sentences": self.min_sentences, "cuts": self.cuts,
+                "step_cost": self.step_cost, "group_cost": self.group_cost}
 
 
 @keras.saving.register_keras_serializable(package="han")
@@ -476,7 +526,8 @@ def build_han(
         # The same layers (same weights) on each group of similar-length sentences, up to the
         # pooled sentence vectors: the attention too runs on the group's own small, short states
         # (on the batch's merged (sentences, words, features) states it cost a third of inference).
-        *groups, order = SplitByLength(config.word_buckets, config.word_bucket_sentences, name="split_by_length")(sentence_token_ids)
+        *groups, order = SplitByLength(config.word_buckets, config.word_bucket_sentences, cuts=config.word_bucket_cuts,
+                                       name="split_by_length")(sentence_token_ids)
         group_mask = TokenMask(name="group_mask")
         sentences = RowCount(name="sentence_count")(sentence_token_ids)
         pooled = []

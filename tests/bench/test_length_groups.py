@@ -16,17 +16,17 @@ from pipeline.stages import preprocess
 def test_length_group_benchmark_times_each_group_count_on_the_same_batches(tmp_path, capsys):
     config = load_config(overrides=["data.demo.num_documents=200"])
     prep = preprocess.run(config).output_dir
-    assert length_groups.main(["--prep", str(prep), "--batches", "3", "--epochs", "2", "--groups", "2,1",
+    assert length_groups.main(["--prep", str(prep), "--batches", "3", "--epochs", "2", "--groups", "2:padding,1",
                                "--infer-batch", "16"]) == 0
     lines = capsys.readouterr().out.splitlines()
     results = [json.loads(line) for line in lines if line.startswith("{")]
-    assert [r["groups"] for r in results] == [2, 1]
+    assert [(r["groups"], r["cuts"]) for r in results] == [(2, "padding"), (1, "count")]
     for result in results:
         assert len(result["epoch_seconds"]) == 2 and all(s > 0 for s in result["epoch_seconds"])
         assert result["train_docs_per_s"] > 0 and result["infer_docs_per_s"] > 0
     documents = results[0]["documents"]
     assert results[1]["documents"] == documents and 3 < documents <= 3 * 32  # the same three batches
-    (ratio,) = [line for line in lines if line.startswith("2 groups / 1:")]
+    (ratio,) = [line for line in lines if line.startswith("2 groups (padding cuts) / 1 (count):")]
     assert f"({documents} documents, 3 batches)" in ratio
 
 

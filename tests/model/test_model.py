@@ -227,6 +227,36 @@ def test_a_batch_of_few_sentences_uses_fewer_groups():
     assert [np.asarray(group).shape for group in groups] == [(1, 1), (1, 1), (1, 1), (8, 7)]
 
 
+def least_cost(lengths, groups, step_cost, group_cost):
+    """Brute force over every way to cut the sorted lengths into at most ``groups`` contiguous runs."""
+    import itertools
+
+    lengths = sorted(lengths)
+    best = float("inf")
+    for cut_count in range(groups):
+        for cuts in itertools.combinations(range(1, len(lengths)), cut_count):
+            runs = [lengths[a:b] for a, b in zip((0, *cuts), (*cuts, len(lengths)), strict=True)]
+            best = min(best, sum(len(run) * run[-1] + step_cost * run[-1] + group_cost for run in runs))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_padding_cuts_are_the_cheapest_and_keep_every_sentence(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 20, size=int(rng.integers(1, 11))).tolist()
+    step_cost, group_cost = [(0.0, 0.0), (6.0, 0.0), (0.0, 8.0), (6.0, 8.0)][seed % 4]
+    sentence_token_ids = pad([[[5 + n] * n for n in lengths]])[0]
+    *groups, order = SplitByLength(3, cuts="padding", step_cost=step_cost, group_cost=group_cost)(sentence_token_ids)
+    sentences = [[int((row != 0).sum()) for row in np.asarray(group)] for group in groups]
+    assert [g[0] for g in sentences] == [0, 0, 0]  # each group starts with its empty row, so none is ever empty
+    used = [[n for n in g[1:]] for g in sentences if len(g) > 1]
+    cost = sum(len(g) * max(g) + step_cost * max(g) + group_cost for g in used)
+    assert cost == pytest.approx(least_cost(lengths, 3, step_cost, group_cost))
+    assert all(np.asarray(group).shape[1] == max(max(g), 1) for group, g in zip(groups, sentences, strict=True))
+    merged = MergeBuckets()([*(tf.cast(group, "float32") for group in groups), order, sentence_token_ids])
+    np.testing.assert_array_equal(np.asarray(merged), sentence_token_ids)
+
+
 def test_merge_buckets_puts_every_sentence_back_in_its_row():
     sentence_token_ids = pad([[[5 + n] * n for n in (4, 1, 3, 2)]])[0]
     *groups, order = SplitByLength(2, min_sentences=1)(sentence_token_ids)
@@ -242,10 +272,12 @@ def test_merge_buckets_puts_every_sentence_back_in_its_row():
     np.testing.assert_array_equal(merged, [[9, 4], [6, 1], [8, 3], [7, 2]])
 
 
+@pytest.mark.parametrize("cuts", ["count", "padding"])
 @pytest.mark.parametrize("option", ["paper_gru_dot", "lstm", "local", "multi_head"])
-def test_length_groups_give_the_same_outputs_and_gradients_as_one_group(option):
+def test_length_groups_give_the_same_outputs_and_gradients_as_one_group(option, cuts):
     one = build_han(small_config(word_buckets=1, **OPTIONS[option]), VOCAB_SIZE, NUM_CLASSES)
-    grouped = build_han(small_config(word_buckets=4, word_bucket_sentences=2, **OPTIONS[option]), VOCAB_SIZE, NUM_CLASSES)
+    grouped = build_han(small_config(word_buckets=4, word_bucket_sentences=2, word_bucket_cuts=cuts, **OPTIONS[option]),
+                        VOCAB_SIZE, NUM_CLASSES)
     grouped.set_weights(one.get_weights())  # the same layers: the weights carry over one to one
     token_ids = pad([DOCUMENT, LONG_DOCUMENT, [], [[3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]]])
 
