@@ -11,6 +11,8 @@ cells the word encoder steps over, three ways:
 - ``groups``: what the model steps over: its real sentences (``han.GatherSentences`` drops the padding ones)
   sorted by length and cut into up to ``--groups`` length groups (``model.train_word_buckets``,
   ``han.SplitByLength``), each padded to its own longest sentence; ``--groups 1`` is one group;
+- ``padding_cuts``: the same groups cut where padding, loop steps and groups cost least
+  (``model.word_bucket_cuts: padding``);
 - ``packed``: the real sentences of each window of ``bucket_batches`` batches sorted by length across its
   documents and cut into chunks of ``--chunk``, each padded to its own longest sentence (what #31 proposes for
   training; padding sentences are never encoded).
@@ -62,6 +64,34 @@ def model_cells(tokens: np.ndarray, groups: int, min_sentences: int = 64) -> int
     return group_cells(lengths[lengths > 0], groups, min_sentences)
 
 
+STEP_COST, GROUP_COST = 15.0, 250.0  # pipeline.model.han's (no TensorFlow imported here; a test holds them equal)
+
+
+def padding_cut_cells(lengths: np.ndarray, groups: int, step_cost: float = STEP_COST, group_cost: float = GROUP_COST) -> int:
+    """The cells ``SplitByLength(groups, cuts="padding")`` pads to for real sentences of these lengths (its
+    empty rows too): the same dynamic programming over the distinct lengths, in numpy."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    top = int(lengths.max()) if len(lengths) else 1
+    at_most = np.cumsum(np.bincount(lengths, minlength=top + 1))
+    span = np.arange(top + 1)
+    cost = (at_most[None, :] - at_most[:, None] + step_cost) * span[None, :].astype(float) + group_cost
+    cost[span[:, None] >= span[None, :]] = np.inf
+    best = np.where(span == 0, 0.0, np.inf)
+    starts = []
+    for _ in range(groups):
+        through = best[:, None] + cost
+        extended = through.min(axis=0)
+        starts.append(np.where(best <= extended, span, through.argmin(axis=0)))
+        best = np.minimum(best, extended)
+    bounds = [top]
+    for start in reversed(starts):
+        bounds.insert(0, int(start[bounds[0]]))
+    edges = [0, *(int(at_most[bound]) for bound in bounds[1:])]
+    ordered = np.sort(lengths)
+    return sum((1 + stop - start) * max(int(ordered[start:stop].max()) if stop > start else 0, 1)
+               for start, stop in zip(edges, edges[1:], strict=False))
+
+
 def packed_cells(lengths: np.ndarray, chunk: int) -> int:
     """Real sentences (length > 0) sorted by length, in chunks of ``chunk``, each padded to its own longest."""
     real = np.sort(lengths[lengths > 0])
@@ -80,7 +110,7 @@ def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size:
             shapes.append(shard["labels"].shape)
     documents = sum(shape[0] for shape in shapes)
     num_labels = shapes[0][1] if shapes and len(shapes[0]) == 2 else None  # multi-label shards: 0/1 rows
-    totals = {"real": 0, "dense": 0, "groups": 0, "packed": 0}
+    totals = {"real": 0, "dense": 0, "groups": 0, "padding_cuts": 0, "packed": 0}
     rows = padding_rows = 0  # sentence rows of the dense batches, and those that are padding sentences
     batches = 0
     for epoch in range(epochs):
@@ -93,6 +123,7 @@ def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size:
             rows, padding_rows = rows + len(lengths), padding_rows + int(np.count_nonzero(lengths == 0))
             totals["dense"] += int(tokens.size)
             totals["groups"] += model_cells(tokens, groups, min_sentences)
+            totals["padding_cuts"] += padding_cut_cells(lengths[lengths > 0], groups)
             window.append(lengths)
             batches += 1
             if len(window) == bucket_batches:
@@ -100,7 +131,7 @@ def measure(prep: Path, groups: int, chunk: int, epochs: int = 1, *, batch_size:
                 window = []
         if window:
             totals["packed"] += packed_cells(np.concatenate(window), chunk)
-    share = {f"real_share_{name}": round(totals["real"] / totals[name], 4) for name in ("dense", "groups", "packed")}
+    share = {f"real_share_{name}": round(totals["real"] / totals[name], 4) for name in ("dense", "groups", "padding_cuts", "packed")}
     return {"prep": str(prep), "documents": documents, "epochs": epochs, "batches": batches, "groups": groups,
             "chunk": chunk, "batch_size": batch_size, "bucket_batches": bucket_batches,
             "cells": totals, **share,
@@ -124,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.prep, args.groups, args.chunk, args.epochs, seed=args.seed)
     print(json.dumps(result))
     print(f"word level, real words per cell stepped over: {result['real_share_dense']:.1%} in dense batches, "
-          f"{result['real_share_groups']:.1%} with {args.groups} length groups, {result['real_share_packed']:.1%} packed "
+          f"{result['real_share_groups']:.1%} with {args.groups} length groups ({result['real_share_padding_cuts']:.1%} "
+          f"cut where padding costs least, model.word_bucket_cuts: padding), {result['real_share_packed']:.1%} packed "
           f"in chunks of {args.chunk} within each window of {result['bucket_batches']} batches; packing would step "
           f"over {1 / result['groups_over_packed']:.2f}x the cells the groups do ({result['batches']} batches, "
           f"{result['documents']:,} documents)")

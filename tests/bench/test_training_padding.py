@@ -25,6 +25,20 @@ def test_group_cells_are_what_split_by_length_pads_to():
         assert training_padding.group_cells(training_padding.row_lengths(tokens[None]), groups, 64) == model_cells
 
 
+def test_padding_cut_cells_are_what_split_by_length_pads_to_with_padding_cuts():
+    from pipeline.model import han
+
+    assert (training_padding.STEP_COST, training_padding.GROUP_COST) == (han.STEP_COST, han.GROUP_COST)
+    rng = np.random.default_rng(1)
+    for sentences, groups in ((300, 4), (100, 4), (20, 2), (700, 8), (1, 3)):
+        tokens = np.zeros((sentences, 50), dtype=np.int32)
+        for row, length in enumerate(rng.integers(1, 51, sentences)):
+            tokens[row, :length] = rng.integers(2, 100, length)
+        *parts, _ = han.SplitByLength(groups, cuts="padding")(tokens)
+        model_cells = sum(int(np.prod(part.shape)) for part in parts)
+        assert training_padding.padding_cut_cells(training_padding.row_lengths(tokens[None]), groups) == model_cells
+
+
 def test_the_model_steps_over_its_real_sentences_only():
     tokens = np.zeros((2, 5, 4), dtype=np.int32)
     tokens[0, 0, :2] = 7  # one sentence of 2 words, then 4 padding sentences
