@@ -8,7 +8,8 @@ the IMDB split ``make bench`` preprocesses, ``artifacts/bench-imdb/preprocess``)
 group count builds the HAN (the corpus's config sizes are not needed: the defaults, dropout 0.3),
 fits ``--epochs`` passes over those batches and times each pass, then one inference pass over the same
 documents in batches of ``--infer-batch``, sorted by size (as ``make bench`` infers). All in one
-process, one after the other, with one thread per op (as the bbc/imdb configs); the first pass
+process, their epochs taking turns (each variant's first, then each one's second, ...), with one thread per op
+(as the bbc/imdb configs) and fed as the train stage feeds ``fit`` (no tf.data autotuning); the first pass
 includes graph tracing and is reported but not used. Prints one JSON line per group count and the
 ratios to the last one (default: 1 group).
 """
@@ -67,35 +68,38 @@ def main(argv: list[str] | None = None) -> int:
     documents = [[sentence[sentence != 0] for sentence in row if sentence.any()] for tokens, _ in batches for row in tokens]
     signature = (tf.TensorSpec((None, None, None), tf.int32), tf.TensorSpec((None,), tf.int32))
 
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
+    def epoch_data():
+        dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
+        # As the train stage feeds fit: without tf.data's autotuning thread, whose join when an epoch's
+        # iterator is destroyed held some epochs here for ~10 s outside their steps.
+        return without_autotune(dataset.apply(tf.data.experimental.assert_cardinality(len(batches))))
 
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.started)
-
-    results = []
+    variants = []
     for variant in args.groups.split(","):
         groups, _, cuts = variant.partition(":")
         groups, cuts = int(groups), cuts or "count"
         keras.utils.set_random_seed(42)
         config = ModelConfig(word_buckets=groups, word_bucket_cuts=cuts, dropout=0.3)
         model = build_han(config, vocab_size, classes)
-        trainer = compile_han(model, config)
-        timer = Timer()
-        timer.seconds = []
-        dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
-        # As the train stage feeds fit: without tf.data's autotuning thread, whose join when an epoch's
-        # iterator is destroyed held some epochs here for ~10 s outside their steps.
-        dataset = without_autotune(dataset.apply(tf.data.experimental.assert_cardinality(len(batches))))
-        trainer.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[timer])
-        infer = inference_function(model)
+        variants.append({"groups": groups, "cuts": cuts, "model": model, "trainer": compile_han(model, config), "seconds": []})
+    # Epoch by epoch in turn (one epoch of each variant, then the next round), so that a slower or faster
+    # spell of the machine falls on every variant alike.
+    for _ in range(args.epochs):
+        for variant in variants:
+            started = time.perf_counter()
+            variant["trainer"].fit(epoch_data(), epochs=1, verbose=0)
+            variant["seconds"].append(time.perf_counter() - started)
+    results = []
+    for variant in variants:
+        infer = inference_function(variant["model"])
         document_outputs(infer, documents[: args.infer_batch], args.infer_batch)  # trace
         started = time.perf_counter()
         document_outputs(infer, documents, args.infer_batch)
         infer_seconds = time.perf_counter() - started
-        after_first = timer.seconds[1:] or timer.seconds
-        result = {"groups": groups, "cuts": cuts, "documents": count, "epoch_seconds": [round(s, 2) for s in timer.seconds],
+        seconds = variant["seconds"]
+        after_first = seconds[1:] or seconds
+        result = {"groups": variant["groups"], "cuts": variant["cuts"], "documents": count,
+                  "epoch_seconds": [round(s, 2) for s in seconds],
                   "train_docs_per_s": round(count * len(after_first) / sum(after_first), 1),
                   "infer_docs_per_s": round(count / infer_seconds, 1)}
         results.append(result)
