@@ -424,7 +424,7 @@ def run_reference(config: PipelineConfig, full: bool = True, quick: bool = False
             patience=t.early_stopping.patience, min_delta=t.early_stopping.min_delta, restore_best_weights=True))
     started = time.perf_counter()
     history = trainer.fit(_fed(x["train"], splits["train"].labels, t.batch_size, shuffle_seed=config.seed), epochs=t.epochs,
-                          verbose=2, callbacks=callbacks,
+                          verbose=2, callbacks=callbacks, shuffle=False,  # _fed reshuffles every epoch
                           validation_data=_fed(x["validation"], splits["validation"].labels, t.batch_size) if has_validation else None)
     seconds = time.perf_counter() - started
     train_peak = peak_rss_mb()

@@ -49,7 +49,7 @@ def test_the_readme_speed_table_is_what_the_run_it_links_measured():
     import re
 
     readme = index.README.read_text(encoding="utf-8")
-    (stem,) = re.findall(r"\]\(benchmarks/results/([\w-]+-imdb-speed)\.md\)", readme)
+    (stem,) = re.findall(r"\]\(benchmarks/results/([\w-]+-imdb-speed[\w-]*)\.md\)", readme)
     imdb = json.loads((index.RESULTS / f"{stem}.json").read_text())["datasets"]["imdb"]
     han, reference = imdb["han"], imdb["reference_han"]
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
