@@ -117,8 +117,9 @@ class ScatterSentences(keras.layers.Layer):
         return (token_ids_shape[0], token_ids_shape[1], *values_shape[1:])
 
 
-STEP_COST = 15.0  # cells one loop step costs (IMDB training steps, 2 cores: docs/speed-on-a-cpu.md)
-GROUP_COST = 250.0  # cells one more group costs in fixed per-group work (the same measurement)
+# Costs in padded cells for cuts="padding": a rough reading of IMDB training step times on 2 cores, not tuned.
+STEP_COST = 15.0  # one more loop step
+GROUP_COST = 250.0  # one more group's fixed work
 
 
 def _row_lengths(rows):
@@ -196,7 +197,8 @@ class SplitByLength(keras.layers.Layer):
         sentence; an unneeded group keeps only its empty row)."""
         words = ops.shape(sentence_token_ids)[1]
         rows = ops.concatenate([ops.zeros((self.buckets, words), dtype=sentence_token_ids.dtype), sentence_token_ids], 0)
-        lengths = _row_lengths(rows)[self.buckets:]  # (computed on ``rows``: never an empty tensor)
+        row_lengths = _row_lengths(rows)  # on ``rows``, the empty rows first: never an empty tensor
+        lengths = row_lengths[self.buckets:]
         order = ops.argsort(lengths) + self.buckets  # the sentences' rows in ``rows``, shortest first
         top = ops.max(ops.concatenate([lengths, ops.ones((1,), "int32")]))
         span = ops.arange(top + 1, dtype="int32")
@@ -220,7 +222,7 @@ class SplitByLength(keras.layers.Layer):
         groups, members_all = [], []
         for k in range(self.buckets):
             members = ops.concatenate([ops.full((1,), k, "int32"), ops.cast(order[edges[k]:edges[k + 1]], "int32")], 0)
-            width = ops.maximum(ops.max(ops.take(ops.concatenate([ops.zeros((self.buckets,), "int32"), lengths]), members)), 1)
+            width = ops.maximum(ops.max(ops.take(row_lengths, members)), 1)
             groups.append(ops.take(rows, members, axis=0)[:, :width])
             members_all.append(members)
         return [*groups, ops.concatenate(members_all, 0)]

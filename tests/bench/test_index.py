@@ -63,3 +63,17 @@ def test_the_readme_speed_table_is_what_the_run_it_links_measured():
     phases = {m["phase"]: m for m in han["train_memory_mb"]}
     assert f"word2vec peaks at {phases['word vectors learned']['peak']:,.0f} MB" in readme
     assert f"the first epoch at {phases['first epoch']['peak']:,.0f} MB" in readme
+
+
+def test_the_readmes_bbc_speed_figures_are_what_the_run_it_links_measured():
+    import re
+
+    readme = index.README.read_text(encoding="utf-8")
+    (stem,) = re.findall(r"\]\(benchmarks/results/([\w-]+-bbc-speed[\w-]*)\.md\)", readme)
+    bbc = json.loads((index.RESULTS / f"{stem}.json").read_text())["datasets"]["bbc"]
+    han, reference = bbc["han"], bbc["reference_han"]
+    training = han["train_docs_per_s"] / reference["train_docs_per_s"]
+    text = " ".join(readme.split())  # the sentence wraps across lines
+    assert (f"BBC training **{training:.2f}x** ({han['train_docs_per_s']:,.0f} against "
+            f"{reference['train_docs_per_s']:,} docs/s), inference "
+            f"{han['infer_docs_per_s'] / reference['infer_docs_per_s']:.1f}x") in text

@@ -249,7 +249,7 @@ def test_padding_cuts_are_the_cheapest_and_keep_every_sentence(seed):
     *groups, order = SplitByLength(3, cuts="padding", step_cost=step_cost, group_cost=group_cost)(sentence_token_ids)
     sentences = [[int((row != 0).sum()) for row in np.asarray(group)] for group in groups]
     assert [g[0] for g in sentences] == [0, 0, 0]  # each group starts with its empty row, so none is ever empty
-    used = [[n for n in g[1:]] for g in sentences if len(g) > 1]
+    used = [g[1:] for g in sentences if len(g) > 1]
     cost = sum(len(g) * max(g) + step_cost * max(g) + group_cost for g in used)
     assert cost == pytest.approx(least_cost(lengths, 3, step_cost, group_cost))
     assert all(np.asarray(group).shape[1] == max(max(g), 1) for group, g in zip(groups, sentences, strict=True))
