@@ -18,7 +18,7 @@ STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reuters config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-inference-memory bench-groups bench-padding lint ui clean
+.PHONY: help install data reuters config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-inference-memory bench-groups bench-padding bench-inference-split lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -98,6 +98,9 @@ bench-groups: $(STAMP) ## word BiGRU on 4 length groups vs 1, on 100 real IMDB t
 
 bench-padding: $(STAMP) ## the word level's padding in an IMDB training epoch: dense, 4 length groups, packed (after make bench)
 	$(PY) -m benchmarks.training_padding
+
+bench-inference-split: $(STAMP) ## where packed IMDB inference spends its time: word level, sentence level, the rest (after make bench)
+	$(PY) -m benchmarks.inference_split
 
 lint: $(STAMP) ## ruff over the package, DAGs, tests and benchmarks
 	$(PY) -m ruff check pipeline dags tests benchmarks

@@ -5,7 +5,7 @@
 
 Takes the first ``--batches`` batches of the training stream of a preprocessed corpus (default:
 the IMDB split ``make bench`` preprocesses, ``artifacts/bench-imdb/preprocess``), then for each
-group count builds the HAN (the corpus's config sizes are not needed: the defaults, dropout 0.3),
+group count builds the HAN (the defaults with dropout 0.3 and Adam, or ``--config``'s model and optimizer),
 fits ``--epochs`` passes over those batches and times each pass, then one inference pass over the same
 documents in batches of ``--infer-batch``, sorted by size (as ``make bench`` infers). All in one
 process, their epochs taking turns (each variant's first, then each one's second, ...), with one thread per op
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="passes over them per group count (default 3)")
     parser.add_argument("--groups", default="4,1", help="comma-separated group counts, each optionally with where the "
                         "groups are cut (model.word_bucket_cuts), e.g. 4:padding; the last is the baseline")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="build each model with this config's model and optimizer settings (e.g. configs/imdb.yaml: "
+                        "its dropout mode, lazy Adam), resolved for the corpus's training documents; default: "
+                        "ModelConfig's defaults with dropout 0.3, and Adam")
     parser.add_argument("--infer-batch", type=int, default=256, help="documents per inference batch (default 256)")
     args = parser.parse_args(argv)
     args.prep = args.prep or bench_prep()
@@ -45,16 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
+    from pipeline.config import load_config
     from pipeline.data.batching import without_autotune
     from pipeline.data.shards import TrainingStream, shard_paths
     from pipeline.model.han import build_han, compile_han, document_outputs, inference_function
+    from pipeline.training.optimization import build_optimizer
+
+    settings = load_config(args.config) if args.config else None
 
     paths = shard_paths(args.prep, "train")
     if not paths:
         print(f"error: no training shards in {args.prep}; run `make bench` (or the preprocess stage) first", file=sys.stderr)
         return 2
-    documents = sum(len(np.load(path)["labels"]) for path in paths)
-    stream = TrainingStream(paths, documents=documents, batch_size=32, bucket_batches=20, seed=42, epoch=0,
+    train_documents = sum(len(np.load(path)["labels"]) for path in paths)
+    stream = TrainingStream(paths, documents=train_documents, batch_size=32, bucket_batches=20, seed=42, epoch=0,
                             shuffle_buffer=10_000)
     batches = []
     for batch in stream.batches():
@@ -79,9 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         groups, _, cuts = variant.partition(":")
         groups, cuts = int(groups), cuts or "count"
         keras.utils.set_random_seed(42)
-        config = ModelConfig(word_buckets=groups, word_bucket_cuts=cuts, dropout=0.3)
+        variant_settings = {"word_buckets": groups, "train_word_buckets": None, "word_bucket_cuts": cuts}
+        if settings is None:
+            config, optimizer = ModelConfig(dropout=0.3, **variant_settings).resolved(), None
+        else:
+            config = settings.model.resolved(train_documents=train_documents).model_copy(update=variant_settings)
+            optimizer = build_optimizer(settings.train, len(batches))
         model = build_han(config, vocab_size, classes)
-        variants.append({"groups": groups, "cuts": cuts, "model": model, "trainer": compile_han(model, config), "seconds": []})
+        trainer = compile_han(model, config, optimizer=optimizer)
+        variants.append({"groups": groups, "cuts": cuts, "model": model, "trainer": trainer, "seconds": [],
+                         "embedding_dropout": config.embedding_dropout, "optimizer": type(trainer.optimizer).__name__})
     # Epoch by epoch in turn (one epoch of each variant, then the next round), so that a slower or faster
     # spell of the machine falls on every variant alike.
     for _ in range(args.epochs):
@@ -98,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         infer_seconds = time.perf_counter() - started
         seconds = variant["seconds"]
         after_first = seconds[1:] or seconds
-        result = {"groups": variant["groups"], "cuts": variant["cuts"], "documents": count,
+        result = {"groups": variant["groups"], "cuts": variant["cuts"], "embedding_dropout": variant["embedding_dropout"],
+                  "optimizer": variant["optimizer"], "documents": count,
                   "epoch_seconds": [round(s, 2) for s in seconds],
                   "train_docs_per_s": round(count * len(after_first) / sum(after_first), 1),
                   "infer_docs_per_s": round(count / infer_seconds, 1)}

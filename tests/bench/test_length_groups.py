@@ -30,6 +30,22 @@ def test_length_group_benchmark_times_each_group_count_on_the_same_batches(tmp_p
     assert f"({documents} documents, 3 batches)" in ratio
 
 
+def test_length_group_benchmark_builds_its_models_with_a_configs_settings(tmp_path, capsys, monkeypatch):
+    from pipeline.config import PROJECT_ROOT
+
+    monkeypatch.setenv("HAN_DATA_DIR", str(tmp_path))
+    config = load_config(overrides=["data.demo.num_documents=200"])
+    prep = preprocess.run(config).output_dir
+    assert length_groups.main(["--prep", str(prep), "--batches", "2", "--epochs", "1", "--groups", "2",
+                               "--config", str(PROJECT_ROOT / "configs" / "imdb.yaml")]) == 0
+    (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    # configs/imdb.yaml's dropout mode and optimizer, not the defaults' (element dropout on a small corpus, Adam)
+    assert (result["embedding_dropout"], result["optimizer"]) == ("word_type", "LazyAdam")
+    assert length_groups.main(["--prep", str(prep), "--batches", "2", "--epochs", "1", "--groups", "2"]) == 0
+    (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert (result["embedding_dropout"], result["optimizer"]) == ("element", "Adam")
+
+
 def test_length_group_benchmark_says_what_to_run_without_a_preprocessed_corpus(tmp_path, capsys):
     assert length_groups.main(["--prep", str(tmp_path / "missing")]) == 2
     assert "run `make bench`" in capsys.readouterr().err
