@@ -13,7 +13,8 @@ runtime settings of ``--config`` (default ``configs/imdb.yaml``):
    BiGRU, word attention: one ``tf.function`` per chunk of sentences), the sentence level, and the rest
    (Python and numpy: sorting, padding the chunks, putting the results back);
 3. the word level's cost model, fitted on timed calls of that function on ``rows x steps`` grids of random
-   ids (least squares): ``seconds = call + steps x (step + rows x cell)``. ``step`` is what a loop step
+   ids drawn from the documents' own words, so that each call has as many distinct words as real text (least
+   squares): ``seconds = call + steps x (step + rows x cell)``. ``step`` is what a loop step
    costs whatever its rows (the loops' per-step ops), ``cell`` what each sentence adds to a step. Applied
    to the pass's own chunks, it splits the word level into per-call, per-step and per-cell parts, and says
    how much of it no packing or padding cut could remove: only fewer or cheaper steps and cells would.
@@ -107,12 +108,12 @@ def measure(model_path: Path, documents: list[list[np.ndarray]], rows=GRID_ROWS,
     one_thread = time.perf_counter() - started
 
     rng = np.random.default_rng(0)
-    vocab = int(model.get_layer("word_embedding").input_dim)
+    words = np.concatenate([sentence for doc in documents for sentence in doc])  # the documents' word frequencies
     samples = []
     for _ in range(repeats):
         for r in rows:
             for s in steps:
-                ids = tf.constant(rng.integers(2, vocab, (r, s)), tf.int32)
+                ids = tf.constant(rng.choice(words, (r, s)), tf.int32)
                 started = time.perf_counter()
                 [np.asarray(x) for x in packed._words(ids)]
                 samples.append((r, s, time.perf_counter() - started))

@@ -45,12 +45,19 @@ def test_check_names_a_stale_readme(tmp_path, monkeypatch, capsys):
     assert "| old | table |" not in readme.read_text() and "| dataset | metric |" in readme.read_text()
 
 
-def test_the_readme_speed_table_is_what_the_run_it_links_measured():
+def speed_run(readme: str) -> str:
+    """The one run the README's speed paragraph links: every speed figure it quotes must be that run's."""
     import re
 
+    paragraph = readme[readme.index("Speed and memory against the padded reference HAN"):readme.index("| IMDB | ours |")]
+    linked = set(re.findall(r"\]\(benchmarks/results/([\w-]+)\.md\)", paragraph))
+    (stem,) = {stem for stem in linked if "datasets" in json.loads((index.RESULTS / f"{stem}.json").read_text())}
+    return stem
+
+
+def test_the_readme_speed_table_is_what_the_run_it_links_measured():
     readme = index.README.read_text(encoding="utf-8")
-    (stem,) = re.findall(r"\]\(benchmarks/results/([\w-]+-imdb-speed[\w-]*)\.md\)", readme)
-    imdb = json.loads((index.RESULTS / f"{stem}.json").read_text())["datasets"]["imdb"]
+    imdb = json.loads((index.RESULTS / f"{speed_run(readme)}.json").read_text())["datasets"]["imdb"]
     han, reference = imdb["han"], imdb["reference_han"]
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
             for line in readme.splitlines() if line.startswith(("| batch inference, docs/s", "| training, docs/s", "| training peak RSS"))}
@@ -66,14 +73,33 @@ def test_the_readme_speed_table_is_what_the_run_it_links_measured():
 
 
 def test_the_readmes_bbc_speed_figures_are_what_the_run_it_links_measured():
-    import re
-
     readme = index.README.read_text(encoding="utf-8")
-    (stem,) = re.findall(r"\]\(benchmarks/results/([\w-]+-bbc-speed[\w-]*)\.md\)", readme)
-    bbc = json.loads((index.RESULTS / f"{stem}.json").read_text())["datasets"]["bbc"]
+    bbc = json.loads((index.RESULTS / f"{speed_run(readme)}.json").read_text())["datasets"]["bbc"]
     han, reference = bbc["han"], bbc["reference_han"]
     training = han["train_docs_per_s"] / reference["train_docs_per_s"]
     text = " ".join(readme.split())  # the sentence wraps across lines
     assert (f"BBC training **{training:.2f}x** ({han['train_docs_per_s']:,.0f} against "
             f"{reference['train_docs_per_s']:,} docs/s), inference "
             f"{han['infer_docs_per_s'] / reference['infer_docs_per_s']:.1f}x") in text
+
+
+def test_the_readmes_reasons_are_what_the_split_runs_it_links_measured():
+    import re
+
+    readme = index.README.read_text(encoding="utf-8")
+    text = " ".join(readme.split())
+    (inference,) = re.findall(r"\[inference\]\(benchmarks/results/([\w-]+-inference-split)\.md\)", readme)
+    (training,) = re.findall(r"\[training\]\(benchmarks/results/([\w-]+-training-split)\.md\)", readme)
+    run = json.loads((index.RESULTS / f"{inference}.json").read_text())
+    one, parts = run["one_thread"], run["word_level_by_cost"]
+    assert f"on one thread {one['word_level_s'] / one['seconds']:.0%} of a pass is the word level" in text
+    assert f"{parts['cells_s'] / parts['predicted_s']:.0%} of that is per word ({run['word_cost']['cell_s'] * 1e6:.1f} µs" in text
+    assert (f"{parts['calls_s'] / parts['predicted_s']:.0%} per call, "
+            f"{parts['steps_s'] / parts['predicted_s']:.0%} per loop step") in text
+    assert f"Two cores run the pass {run['docs_per_s'] * one['seconds'] / run['documents']:.2f}x as fast as one" in text
+    run = json.loads((index.RESULTS / f"{training}.json").read_text())
+    word, batch, rows, steps = run["word_level_ms"], run["per_batch"], run["reference_shape"]["rows"], run["reference_shape"]["steps"]
+    assert (f"on one thread {word['predicted_ms'] / run['step_ms']:.0%} of a step is the word level, "
+            f"{word['cells_ms'] / run['step_ms']:.0%} its cells forward and backward ({run['word_cost']['cell_s'] * 1e6:.1f} µs") in text
+    assert (f"step over {batch['cells']:,.0f} cells, {batch['cells'] / (rows * steps):.2f}x the {rows * steps:,} the "
+            "reference pads to") in text
