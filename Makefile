@@ -18,7 +18,7 @@ STAGE_ARGS = --config $(CONFIG) $(SET_ARGS)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reuters config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-inference-memory bench-groups bench-padding bench-inference-split bench-training-split lint ui clean
+.PHONY: help install data reuters config pipeline run preprocess train evaluate promote explain predict serve sweep dag-test test test-slow bench bench-quick bench-memory bench-inference-memory bench-groups bench-padding bench-inference-split bench-training-split bench-packing lint ui clean
 
 help: ## list the targets
 	@echo "usage: make TARGET [CONFIG=configs/X.yaml] [SET='key.path=value ...']"
@@ -101,6 +101,9 @@ bench-padding: $(STAMP) ## the word level's padding in an IMDB training epoch: d
 
 bench-inference-split: $(STAMP) ## where packed IMDB inference spends its time: word level, sentence level, the rest (after make bench)
 	$(PY) -m benchmarks.inference_split
+
+bench-packing: $(STAMP) ## packed against whole-model IMDB inference by number of documents: where packing starts to pay (after make bench)
+	$(PY) -m benchmarks.packing
 
 bench-training-split: $(STAMP) ## where an IMDB training step spends its time: the word level's calls, steps and cells, the rest (after make bench)
 	$(PY) -m benchmarks.training_split

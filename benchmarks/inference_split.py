@@ -84,7 +84,7 @@ def measure(model_path: Path, documents: list[list[np.ndarray]], rows=GRID_ROWS,
     from pipeline.model.packing import PackedInference
 
     model = load_han(model_path)
-    packed = PackedInference(model)
+    packed = PackedInference(model, min_sentences=0)  # packing is what this splits, at any size
     packed.outputs(documents[:256])  # trace both levels
     started = time.perf_counter()
     packed.outputs(documents)
@@ -92,13 +92,13 @@ def measure(model_path: Path, documents: list[list[np.ndarray]], rows=GRID_ROWS,
     # Other sentence chunk sizes, the same model and process (each level's graph is traced for any shape).
     by_chunk = {}
     for chunk in chunks:
-        other = PackedInference(model, sentence_batch=chunk)
+        other = PackedInference(model, sentence_batch=chunk, min_sentences=0)
         other.outputs(documents[:256])
         started = time.perf_counter()
         other.outputs(documents)
         by_chunk[str(chunk)] = round(len(documents) / (time.perf_counter() - started), 1)
 
-    single = PackedInference(model, threads=1)
+    single = PackedInference(model, threads=1, min_sentences=0)
     single.outputs(documents[:256])
     counter = {"words": 0.0, "sentences": 0.0}
     single._words = timed(single._words, counter, "words")

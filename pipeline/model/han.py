@@ -729,11 +729,13 @@ def load_pretrained_embeddings(
     return matrix, coverage
 
 
-def inference_function(model: keras.Model, sentence_batch: int | None = None, document_batch: int | None = None):
+def inference_function(model: keras.Model, sentence_batch: int | None = None, document_batch: int | None = None,
+                       min_sentences: int | None = None):
     """``model``'s inference for ``document_outputs``: for a model ``build_han`` made, a
     ``pipeline.model.packing.PackedInference``, which packs the sentences of all the documents it is given by
     length before the word level, and is also callable on a padded batch like ``model(token_ids, training=False)``;
     for any other model (the benchmark's reference HAN), the whole model as one function of padded batches.
+    ``min_sentences`` (default ``PACK_MIN_SENTENCES``): fewer real sentences run the whole model instead of packing.
 
     Calling the model eagerly runs op by op; each level is a ``tf.function`` traced once with free batch,
     sentence and word dimensions, so no batch shape costs a new trace (which ``model.predict`` would do).
@@ -742,7 +744,7 @@ def inference_function(model: keras.Model, sentence_batch: int | None = None, do
 
     import tensorflow as tf
 
-    from pipeline.model.packing import DOCUMENT_BATCH, SENTENCE_BATCH, PackedInference, packable
+    from pipeline.model.packing import DOCUMENT_BATCH, PACK_MIN_SENTENCES, SENTENCE_BATCH, PackedInference, packable
 
     # Each model gets its own graphs, traced once; TensorFlow counts the traces of every model's functions
     # together and, from the fifth model in a process (a pipeline run loads several), calls it retracing.
@@ -750,7 +752,8 @@ def inference_function(model: keras.Model, sentence_batch: int | None = None, do
     if not any(isinstance(f, _OneTracePerModel) for f in logger.filters):
         logger.addFilter(_OneTracePerModel())
     if packable(model):
-        return PackedInference(model, sentence_batch or SENTENCE_BATCH, document_batch or DOCUMENT_BATCH)
+        return PackedInference(model, sentence_batch or SENTENCE_BATCH, document_batch or DOCUMENT_BATCH,
+                               min_sentences=PACK_MIN_SENTENCES if min_sentences is None else min_sentences)
 
     @tf.function(input_signature=[tf.TensorSpec((None, None, None), tf.int32, name="token_ids")])
     def infer(token_ids):  # a HAN of other layers (the benchmark's reference): the whole model on padded batches
@@ -780,7 +783,7 @@ def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int, 
     Each result holds ``probabilities``, ``sentence_weights`` (its sentences only) and ``word_weights``
     (its words only); padding gets exactly 0 weight, so the kept weights still sum to 1. By default the
     sentences of all the documents are packed by length (``pipeline.model.packing``; its own chunk sizes,
-    ``batch_size`` unused). ``packed=False`` (or an ``infer`` that is a plain function
+    ``batch_size`` unused; below its ``min_sentences`` it runs the whole model itself). ``packed=False`` (or an ``infer`` that is a plain function
     of padded batches) runs the whole model on batches of ``batch_size`` documents sorted by size
     (sentences x longest sentence), each padded to its own maxima: the same outputs, more padding.
     ``between`` is called before each batch or round of chunks, in this thread (serving checks its request's

@@ -12,6 +12,11 @@ trained model apart, with the model's own layers and weights:
    sentence encoder, the sentence attention and the output layer;
 3. the results are put back in the documents' order.
 
+Packing pays where there are many sentences to sort: below ``min_sentences`` (``PACK_MIN_SENTENCES``) the
+whole model on padded batches of ``UNPACKED_BATCH`` documents sorted by size is faster (a request of a few
+texts, a small test split), and ``outputs`` runs that instead; ``make bench-packing`` measures where the two
+cross.
+
 The outputs equal the whole model's (``model(token_ids)``) to float rounding: the word level of a
 sentence depends on that sentence only, and a document's sentence level on its own sentence vectors
 (empty sentences stay in place, masked, as ``ScatterSentences`` leaves them). ``tests/model/test_packing.py``
@@ -29,8 +34,12 @@ from typing import Any
 
 import numpy as np
 
-SENTENCE_BATCH = 1024  # sentences per word-level call; 2,048 ran BBC at 0.67x the unpacked model (docs/architecture.md)
+SENTENCE_BATCH = 1024  # sentences per word-level call: the fastest of 256 to 2,048 on IMDB's test split (make bench-inference-split)
 DOCUMENT_BATCH = 1024  # documents per sentence-level call: fewer, longer-running steps of the sentence encoder
+# Fewer real sentences than this run the whole model on padded batches: on 2 cores packing ran 0.46x as fast for 32
+# IMDB reviews, 0.79x for 444, even for 3,000 (37,444 sentences), 1.17x for 25,000; BBC's 444 0.93x (make bench-packing).
+PACK_MIN_SENTENCES = 32_768
+UNPACKED_BATCH = 256  # documents per padded batch below PACK_MIN_SENTENCES (the benchmark's inference batch)
 
 
 LEVEL_LAYERS = ("word_embedding", "word_encoder", "word_attention", "sentence_vectors", "sentence_attention", "probabilities")
@@ -51,7 +60,7 @@ class PackedInference:
     """
 
     def __init__(self, model, sentence_batch: int = SENTENCE_BATCH, document_batch: int = DOCUMENT_BATCH,
-                 threads: int | None = None):
+                 threads: int | None = None, min_sentences: int = PACK_MIN_SENTENCES):
         import tensorflow as tf
 
         from pipeline.model.recurrent import BiGRU
@@ -59,6 +68,7 @@ class PackedInference:
         self.model = model
         self.sentence_batch, self.document_batch = int(sentence_batch), int(document_batch)
         self.threads = threads or os.cpu_count() or 1
+        self.min_sentences = int(min_sentences)
         embedding, word_encoder = model.get_layer("word_embedding"), model.get_layer("word_encoder")
         word_attention, sentence_attention = model.get_layer("word_attention"), model.get_layer("sentence_attention")
         output = model.get_layer("probabilities")
@@ -89,10 +99,20 @@ class PackedInference:
     def __call__(self, token_ids):
         return self._whole(token_ids)
 
+    def packs(self, documents: list[list[np.ndarray]]) -> bool:
+        """Whether ``outputs`` packs these documents' sentences (``min_sentences`` real ones or more) or runs the
+        whole model on padded batches."""
+        return sum(1 for doc in documents for sentence in doc if len(sentence)) >= self.min_sentences
+
     def outputs(self, documents: list[list[np.ndarray]], between: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """One result per document, in order: ``probabilities``, ``sentence_weights`` (its sentences only) and
         ``word_weights`` (its words only), as ``pipeline.model.han.document_outputs`` describes them; ``between``
-        runs in this thread before each round of chunks or batches."""
+        runs in this thread before each round of chunks or batches. Below ``min_sentences`` real sentences, the
+        whole model on padded batches (the same outputs, faster there)."""
+        if not self.packs(documents):
+            from pipeline.model.han import document_outputs
+
+            return document_outputs(self, documents, UNPACKED_BATCH, packed=False, between=between)
         lengths = [np.fromiter((len(s) for s in doc), dtype=np.int64, count=len(doc)) for doc in documents]
         owners = np.repeat(np.arange(len(documents)), [len(doc) for doc in documents])
         places = np.concatenate([np.arange(len(doc)) for doc in documents]) if documents else np.zeros(0, np.int64)
@@ -139,6 +159,18 @@ class PackedInference:
         self._each([by_count[start : start + self.document_batch] for start in range(0, len(by_count), self.document_batch)],
                    classify, between)
         return results
+
+    def warm_up(self, documents: list[list[np.ndarray]]) -> None:
+        """Trace both ways ``outputs`` may run (the whole model, and the two levels apart) on a few documents, so
+        that a timed pass times the work, not the tracing."""
+        from pipeline.model.han import document_outputs
+
+        document_outputs(self, documents, UNPACKED_BATCH, packed=False)
+        floor, self.min_sentences = self.min_sentences, 0
+        try:
+            self.outputs(documents)
+        finally:
+            self.min_sentences = floor
 
     def _each(self, parts: list[np.ndarray], work, between: Callable[[], None] | None) -> None:
         """``work`` on every part, as many side by side as there are cores (with one thread per op,

@@ -11,7 +11,7 @@ import pytest
 from test_model import NUM_CLASSES, OPTIONS, VOCAB_SIZE, pad, small_config  # the same small HANs
 
 from pipeline.model.han import build_han, document_outputs, inference_function
-from pipeline.model.packing import PackedInference
+from pipeline.model.packing import PACK_MIN_SENTENCES, PackedInference
 
 # Lengths that differ across documents, an empty sentence in the middle, one-sentence and long documents.
 RNG = np.random.default_rng(3)
@@ -36,7 +36,7 @@ def test_packed_outputs_equal_the_whole_models_for_every_option(option):
     model = build_han(small_config(**OPTIONS[option]), VOCAB_SIZE, NUM_CLASSES)
     expected = _whole_model_outputs(model, DOCUMENTS)
     # Chunks of 5 sentences and batches of 4 documents: many chunks and batches, each with other neighbours.
-    packed = document_outputs(inference_function(model, sentence_batch=5, document_batch=4), DOCUMENTS, batch_size=4)
+    packed = document_outputs(inference_function(model, sentence_batch=5, document_batch=4, min_sentences=0), DOCUMENTS, batch_size=4)
     for got, want in zip(packed, expected, strict=True):
         np.testing.assert_allclose(got["probabilities"], want["probabilities"], atol=1e-5)
         np.testing.assert_allclose(got["sentence_weights"], want["sentence_weights"], atol=1e-5)
@@ -49,8 +49,8 @@ def test_packed_outputs_equal_the_whole_models_for_every_option(option):
 def test_packing_does_not_depend_on_the_chunk_size_and_matches_the_padded_path():
     keras.utils.set_random_seed(0)
     model = build_han(small_config(), VOCAB_SIZE, NUM_CLASSES)
-    small = document_outputs(inference_function(model, sentence_batch=1, document_batch=1), DOCUMENTS, batch_size=1)
-    large = document_outputs(inference_function(model, sentence_batch=4096, document_batch=64), DOCUMENTS, batch_size=64)
+    small = document_outputs(inference_function(model, sentence_batch=1, document_batch=1, min_sentences=0), DOCUMENTS, batch_size=1)
+    large = document_outputs(inference_function(model, sentence_batch=4096, document_batch=64, min_sentences=0), DOCUMENTS, batch_size=64)
     padded = document_outputs(inference_function(model), DOCUMENTS, batch_size=8, packed=False)
     for a, b, c in zip(small, large, padded, strict=True):
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
@@ -62,10 +62,10 @@ def test_documents_without_words_get_finite_outputs_like_the_whole_model():
     keras.utils.set_random_seed(0)
     model = build_han(small_config(), VOCAB_SIZE, NUM_CLASSES)
     empty = [[], [np.zeros(0, dtype=np.int32)]]
-    packed = document_outputs(inference_function(model), empty, batch_size=2)
+    packed = document_outputs(inference_function(model, min_sentences=0), empty, batch_size=2)
     assert all(np.isfinite(out["probabilities"]).all() for out in packed)
     assert len(packed[0]["sentence_weights"]) == 0 and list(packed[1]["sentence_weights"]) == [0.0]
-    mixed = document_outputs(inference_function(model), [*empty, DOCUMENTS[0]], batch_size=3)
+    mixed = document_outputs(inference_function(model, min_sentences=0), [*empty, DOCUMENTS[0]], batch_size=3)
     np.testing.assert_allclose(mixed[2]["probabilities"], _whole_model_outputs(model, DOCUMENTS[:1])[0]["probabilities"],
                                atol=1e-5)
 
@@ -89,7 +89,7 @@ def test_a_model_without_the_hans_named_layers_runs_whole_on_padded_batches():
     infer = inference_function(wrapped)
     assert not isinstance(infer, PackedInference)
     whole = document_outputs(infer, DOCUMENTS, batch_size=4)
-    packed = document_outputs(inference_function(han), DOCUMENTS, batch_size=4)
+    packed = document_outputs(inference_function(han, min_sentences=0), DOCUMENTS, batch_size=4)
     for a, b in zip(whole, packed, strict=True):
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
 
@@ -99,7 +99,8 @@ def test_between_runs_in_the_callers_thread_before_each_round_and_can_stop_the_w
     import threading
 
     keras.utils.set_random_seed(0)
-    infer = inference_function(build_han(small_config(), VOCAB_SIZE, NUM_CLASSES), sentence_batch=5, document_batch=4)
+    infer = inference_function(build_han(small_config(), VOCAB_SIZE, NUM_CLASSES), sentence_batch=5, document_batch=4,
+                               min_sentences=0)
     calls = []
     document_outputs(infer, DOCUMENTS, batch_size=4, between=lambda: calls.append(threading.get_ident()))
     chunks = math.ceil(sum(1 for doc in DOCUMENTS for s in doc if len(s)) / 5)
@@ -117,3 +118,27 @@ def test_between_runs_in_the_callers_thread_before_each_round_and_can_stop_the_w
         document_outputs(infer, DOCUMENTS, batch_size=4, between=out_of_time)
     with pytest.raises(OutOfTime):  # the padded path checks between its batches too
         document_outputs(infer, DOCUMENTS, batch_size=4, packed=False, between=out_of_time)
+
+
+def test_below_min_sentences_the_whole_model_runs_on_padded_batches_with_the_same_outputs():
+    """Packing pays only over many sentences: a few documents (a request, a small test split) run whole."""
+    keras.utils.set_random_seed(0)
+    model = build_han(small_config(), VOCAB_SIZE, NUM_CLASSES)
+    sentences = sum(1 for doc in DOCUMENTS for s in doc if len(s))
+    infer = inference_function(model, sentence_batch=5, document_batch=4, min_sentences=sentences + 1)
+    packer = inference_function(model, sentence_batch=5, document_batch=4, min_sentences=sentences)
+    assert not infer.packs(DOCUMENTS) and packer.packs(DOCUMENTS)
+    word_calls = []
+    for each in (infer, packer):
+        level = each._words
+        each._words = lambda ids, level=level: word_calls.append(len(ids)) or level(ids)
+    whole = document_outputs(infer, DOCUMENTS, batch_size=4)
+    assert word_calls == []  # the word level alone never ran: the whole model did
+    packed = document_outputs(packer, DOCUMENTS, batch_size=4)
+    assert word_calls and sum(word_calls) == sentences  # every real sentence once, in chunks
+    for a, b in zip(whole, packed, strict=True):
+        np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
+        np.testing.assert_allclose(a["sentence_weights"], b["sentence_weights"], atol=1e-5)
+        for mine, theirs in zip(a["word_weights"], b["word_weights"], strict=True):
+            np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    assert inference_function(model).min_sentences == PACK_MIN_SENTENCES
