@@ -114,20 +114,23 @@ class PackedInference:
 
             return document_outputs(self, documents, UNPACKED_BATCH, packed=False, between=between)
         lengths = [np.fromiter((len(s) for s in doc), dtype=np.int64, count=len(doc)) for doc in documents]
-        owners = np.repeat(np.arange(len(documents)), [len(doc) for doc in documents])
-        places = np.concatenate([np.arange(len(doc)) for doc in documents]) if documents else np.zeros(0, np.int64)
         flat_lengths = np.concatenate(lengths) if documents else np.zeros(0, np.int64)
         real = np.flatnonzero(flat_lengths > 0)
         order = real[np.argsort(flat_lengths[real], kind="stable")]
 
         vectors = np.zeros((len(flat_lengths), self.vector_size), dtype=np.float32)
         word_weights: list[np.ndarray] = [np.zeros(0)] * len(flat_lengths)
+        # Every word of every sentence in one array, so that a chunk is padded by numpy indexing, not a loop
+        # per sentence (the threads share one interpreter: its time is the cores' time).
+        tokens = np.concatenate([s for doc in documents for s in doc]).astype(np.int32, copy=False) if len(real) else None
+        offsets = np.cumsum(flat_lengths) - flat_lengths  # where each sentence starts in tokens
 
         def encode(chunk: np.ndarray) -> None:
             longest = int(flat_lengths[chunk[-1]])  # sorted: the chunk's last is its longest
+            columns = np.arange(longest)
+            inside = columns[None, :] < flat_lengths[chunk][:, None]
             ids = np.zeros((len(chunk), longest), dtype=np.int32)
-            for row, flat in enumerate(chunk):
-                ids[row, : flat_lengths[flat]] = documents[owners[flat]][places[flat]]
+            ids[inside] = tokens[(offsets[chunk][:, None] + columns[None, :])[inside]]
             chunk_vectors, chunk_weights = self._words(ids)
             vectors[chunk] = np.asarray(chunk_vectors)
             chunk_weights = np.asarray(chunk_weights, dtype=np.float64)
