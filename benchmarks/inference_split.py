@@ -58,6 +58,24 @@ def chunk_shapes(lengths: np.ndarray, chunk: int) -> list[tuple[int, int]]:
     return [(len(ordered[i : i + chunk]), int(ordered[min(i + chunk, len(ordered)) - 1])) for i in range(0, len(ordered), chunk)]
 
 
+def time_grid(function, words: np.ndarray, rows, steps, repeats: int) -> list[tuple[int, int, float]]:
+    """``(rows, steps, seconds)`` of ``function`` on ``rows x steps`` ids drawn from ``words`` (so each call has
+    as many distinct words as real text), every grid point ``repeats`` times; ``function`` must return values,
+    not handles still computing."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(repeats):
+        for r in rows:
+            for s in steps:
+                ids = tf.constant(rng.choice(words, (r, s)), tf.int32)
+                started = time.perf_counter()
+                function(ids)
+                samples.append((r, s, time.perf_counter() - started))
+    return samples
+
+
 def split_by_cost(shapes: list[tuple[int, int]], cost: dict[str, float]) -> dict[str, float]:
     """The word level's predicted seconds over ``shapes``, by part of the cost model."""
     calls = len(shapes) * cost["call_s"]
@@ -78,7 +96,6 @@ def timed(function, counter: dict[str, float], key: str):
 
 def measure(model_path: Path, documents: list[list[np.ndarray]], rows=GRID_ROWS, steps=GRID_STEPS,
             repeats: int = REPEATS, chunks: tuple[int, ...] = ()) -> dict[str, Any]:
-    import tensorflow as tf
 
     from pipeline.model.han import load_han
     from pipeline.model.packing import PackedInference
@@ -107,17 +124,8 @@ def measure(model_path: Path, documents: list[list[np.ndarray]], rows=GRID_ROWS,
     single.outputs(documents)
     one_thread = time.perf_counter() - started
 
-    rng = np.random.default_rng(0)
     words = np.concatenate([sentence for doc in documents for sentence in doc])  # the documents' word frequencies
-    samples = []
-    for _ in range(repeats):
-        for r in rows:
-            for s in steps:
-                ids = tf.constant(rng.choice(words, (r, s)), tf.int32)
-                started = time.perf_counter()
-                [np.asarray(x) for x in packed._words(ids)]
-                samples.append((r, s, time.perf_counter() - started))
-    cost = fit_word_cost(samples)
+    cost = fit_word_cost(time_grid(lambda ids: [np.asarray(x) for x in packed._words(ids)], words, rows, steps, repeats))
     lengths = np.asarray([len(sentence) for doc in documents for sentence in doc], dtype=np.int64)
     shapes = chunk_shapes(lengths, packed.sentence_batch)
     parts = split_by_cost(shapes, cost)
@@ -161,44 +169,69 @@ def report(result: dict[str, Any], command: str) -> str:
         ""])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference_split", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def shown(path: Path) -> str:
+    """``path`` as results files name it: relative to the project where it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+
+
+def add_trained_model_arguments(parser: argparse.ArgumentParser, default_config: Path = DEFAULT_CONFIG) -> None:
+    """``--model``, ``--prep`` and ``--config`` of the benchmarks that read a model ``make bench`` trained."""
     parser.add_argument("--model", type=Path, default=None,
                         help="a trained model.keras (default: the IMDB model `make bench` trained)")
     parser.add_argument("--prep", type=Path, default=None, help="its preprocess folder (default: `make bench`'s IMDB one)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="runtime settings to apply (threads, arenas)")
-    parser.add_argument("--documents", type=int, default=None, help="the first N test documents (default: all)")
-    parser.add_argument("--chunks", default="256,512,2048",
-                        help="other sentence chunk sizes to time in the same process, comma-separated (default 256,512,2048)")
-    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md (default: results/<date>-inference-split)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--config", type=Path, default=default_config, help="runtime settings to apply (threads, arenas)")
+
+
+def trained_model_and_test_split(args: argparse.Namespace) -> tuple[Path, list[list[np.ndarray]]] | None:
+    """The model and its test documents, with the config's runtime applied before TensorFlow starts (as evaluate
+    does); None, having said what to run, where ``make bench`` has not written them."""
     prep = args.prep or bench_prep()
     model = args.model or prep.parent / "train" / "model.keras"
     if not model.is_file() or not list(prep.glob("test-*.npz")):
         print(f"error: needs {model} and test shards in {prep}; run `make bench` first (or pass --model and --prep)",
               file=sys.stderr)
-        return 2
-
+        return None
     from pipeline.config import load_config
     from pipeline.data.shards import load_split
     from pipeline.runtime import apply_runtime
 
-    apply_runtime(load_config(args.config).resolved().runtime)  # before TensorFlow starts, as evaluate does
-    documents = load_split(prep, "test").documents()[: args.documents]
-    log(f"inference split: {len(documents):,} documents from {prep}")
-    chunks = tuple(int(c) for c in args.chunks.split(",") if c.strip())
-    result = measure(model, documents, chunks=chunks)
-    shown = model.resolve()
-    result.update(date=dt.date.today().isoformat(), machine=machine(),
-                  model=str(shown.relative_to(PROJECT_ROOT)) if shown.is_relative_to(PROJECT_ROOT) else str(shown))
-    command = " ".join(["python -m benchmarks.inference_split", *(argv if argv is not None else sys.argv[1:])])
-    out = args.out or RESULTS / f"{result['date']}-inference-split"
+    apply_runtime(load_config(args.config).resolved().runtime)
+    return model, load_split(prep, "test").documents()
+
+
+def write_results(result: dict[str, Any], report, name: str, argv: list[str] | None, out: Path | None) -> int:
+    """``result`` (dated, with the machine) to ``<out>.json`` and its report to ``<out>.md`` (default
+    ``results/<date>-<name>``), the report printed; the command line the report names is this run's."""
+    result.update(date=dt.date.today().isoformat(), machine=machine())
+    command = " ".join([f"python -m benchmarks.{name.replace('-', '_')}", *(argv if argv is not None else sys.argv[1:])])
+    out = out or RESULTS / f"{result['date']}-{name}"
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     text = report(result, command)
     out.with_suffix(".md").write_text(text)
     print(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference_split", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_trained_model_arguments(parser)
+    parser.add_argument("--documents", type=int, default=None, help="the first N test documents (default: all)")
+    parser.add_argument("--chunks", default="256,512,2048",
+                        help="other sentence chunk sizes to time in the same process, comma-separated (default 256,512,2048)")
+    parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md (default: results/<date>-inference-split)")
+    args = parser.parse_args(argv)
+    found = trained_model_and_test_split(args)
+    if found is None:
+        return 2
+    model, documents = found
+    documents = documents[: args.documents]
+    log(f"inference split: {len(documents):,} documents from {args.prep or bench_prep()}")
+    chunks = tuple(int(c) for c in args.chunks.split(",") if c.strip())
+    result = measure(model, documents, chunks=chunks)
+    result["model"] = shown(model)
+    return write_results(result, report, "inference-split", argv, args.out)
 
 
 if __name__ == "__main__":

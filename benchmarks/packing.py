@@ -18,8 +18,6 @@ Results go to ``benchmarks/results/<date>-packing.json`` and ``.md`` (``--out`` 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,11 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compare import bench_prep, log, machine
-from pipeline.config import PROJECT_ROOT
+from benchmarks.compare import log
+from benchmarks.inference_split import add_trained_model_arguments, shown, trained_model_and_test_split, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "imdb.yaml"
 DEFAULT_SIZES = "32,128,444,1000,3000,12000,25000"
 
 
@@ -84,38 +80,19 @@ def report(result: dict[str, Any], command: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.packing", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="a trained model.keras (default: `make bench`'s IMDB one)")
-    parser.add_argument("--prep", type=Path, default=None, help="its preprocess folder (default: `make bench`'s IMDB one)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="runtime settings to apply (threads, arenas)")
+    add_trained_model_arguments(parser)
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"numbers of documents, comma-separated (default {DEFAULT_SIZES})")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of both ways per size (default 5)")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.json and <out>.md (default: results/<date>-packing)")
     args = parser.parse_args(argv)
-    prep = args.prep or bench_prep()
-    model = args.model or prep.parent / "train" / "model.keras"
-    if not model.is_file() or not list(prep.glob("test-*.npz")):
-        print(f"error: needs {model} and test shards in {prep}; run `make bench` first (or pass --model and --prep)",
-              file=sys.stderr)
+    found = trained_model_and_test_split(args)
+    if found is None:
         return 2
-
-    from pipeline.config import load_config
-    from pipeline.data.shards import load_split
-    from pipeline.runtime import apply_runtime
-
-    apply_runtime(load_config(args.config).resolved().runtime)  # before TensorFlow starts, as evaluate does
-    documents = load_split(prep, "test").documents()
+    model, documents = found
     sizes = sorted({min(int(size), len(documents)) for size in args.sizes.split(",") if size.strip()})
     result = measure(model, documents, sizes, rounds=args.rounds)
-    shown = model.resolve()
-    result.update(date=dt.date.today().isoformat(), machine=machine(),
-                  model=str(shown.relative_to(PROJECT_ROOT)) if shown.is_relative_to(PROJECT_ROOT) else str(shown))
-    command = " ".join(["python -m benchmarks.packing", *(argv if argv is not None else sys.argv[1:])])
-    out = args.out or RESULTS / f"{result['date']}-packing"
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    text = report(result, command)
-    out.with_suffix(".md").write_text(text)
-    print(text)
-    return 0
+    result["model"] = shown(model)
+    return write_results(result, report, "packing", argv, args.out)
 
 
 if __name__ == "__main__":

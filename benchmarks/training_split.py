@@ -31,7 +31,6 @@ Results go to ``benchmarks/results/<date>-training-split.json`` and ``.md`` (``-
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -40,11 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compare import bench_prep, log, machine
-from benchmarks.inference_split import fit_word_cost, split_by_cost
+from benchmarks.compare import bench_prep, log
+from benchmarks.inference_split import fit_word_cost, shown, split_by_cost, time_grid, write_results
 from pipeline.config import PROJECT_ROOT
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "imdb.yaml"
 GRID_ROWS = (16, 64, 128, 256)  # a training group holds tens to a few hundred sentences
 GRID_STEPS = (5, 20, 40, 70)
@@ -106,18 +104,9 @@ def measure(batches: list[tuple[np.ndarray, np.ndarray]], model, trainer, *, pas
     step_s = sum(seconds) / (passes * len(batches))
 
     word_step = word_training_step(model)
-    rng = np.random.default_rng(0)
     words = np.concatenate([tokens[tokens != 0] for tokens, _ in batches])  # the batches' word frequencies
-    word_step(tf.constant(rng.choice(words, (8, 8)), tf.int32))  # traces
-    samples = []
-    for _ in range(repeats):
-        for r in rows:
-            for s in steps:
-                ids = tf.constant(rng.choice(words, (r, s)), tf.int32)
-                started = time.perf_counter()
-                float(word_step(ids))
-                samples.append((r, s, time.perf_counter() - started))
-    cost = fit_word_cost(samples)
+    word_step(tf.constant(np.resize(words, (8, 8)), tf.int32))  # traces
+    cost = fit_word_cost(time_grid(lambda ids: float(word_step(ids)), words, rows, steps, repeats))
 
     split = model.get_layer("split_by_length") if "split_by_length" in {layer.name for layer in model.layers} else None
     shapes = []
@@ -227,20 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     trainer = compile_han(model, model_settings, optimizer=build_optimizer(t, len(batches)))
     log(f"training split: {len(batches)} batches from {prep}, {groups} length groups")
     result = measure(batches, model, trainer, passes=args.passes)
-    def shown(path: Path) -> str:
-        path = path.resolve()
-        return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
-
-    result.update(date=dt.date.today().isoformat(), machine=machine(), prep=shown(prep), config=shown(args.config),
-                  embedding_dropout=model_settings.embedding_dropout, optimizer=type(trainer.optimizer).__name__,
-                  train_groups=groups, cuts=model_settings.word_bucket_cuts)
-    command = " ".join(["python -m benchmarks.training_split", *(argv if argv is not None else sys.argv[1:])])
-    out = args.out or RESULTS / f"{result['date']}-training-split"
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    text = report(result, command)
-    out.with_suffix(".md").write_text(text)
-    print(text)
-    return 0
+    result.update(prep=shown(prep), config=shown(args.config), embedding_dropout=model_settings.embedding_dropout,
+                  optimizer=type(trainer.optimizer).__name__, train_groups=groups, cuts=model_settings.word_bucket_cuts)
+    return write_results(result, report, "training-split", argv, args.out)
 
 
 if __name__ == "__main__":

@@ -27,20 +27,8 @@ def test_chunks_are_the_sorted_non_empty_sentences_each_as_long_as_its_longest()
     assert parts == pytest.approx({"calls_s": 2.0, "steps_s": 0.9, "cells_s": 0.11, "predicted_s": 3.01})
 
 
-def test_the_timed_pass_splits_a_real_models_inference_into_parts_that_add_up(tmp_path):
-    import keras
-
-    from pipeline.config import ModelConfig
-    from pipeline.model.han import build_han
-
-    keras.utils.set_random_seed(0)
-    config = ModelConfig(word_buckets=1, embedding={"dim": 16}, word_units=8, sentence_units=8,
-                         word_attention={"context_dim": 8}, sentence_attention={"context_dim": 8})
-    path = tmp_path / "model.keras"
-    build_han(config, vocab_size=50, num_classes=3).save(path)
-    rng = np.random.default_rng(0)
-    documents = [[rng.integers(2, 50, int(n)).astype(np.int32) for n in rng.integers(1, 12, int(k))]
-                 for k in rng.integers(1, 6, 300)]
+def test_the_timed_pass_splits_a_real_models_inference_into_parts_that_add_up(small_han):
+    path, documents = small_han
     result = inference_split.measure(path, documents, rows=(1, 8), steps=(2, 6), repeats=1, chunks=(64,))
 
     sentences = sum(len(doc) for doc in documents)

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from benchmarks import packing
 
 
-def test_each_size_times_both_ways_on_the_first_documents(tmp_path):
-    import keras
-
-    from pipeline.config import ModelConfig
-    from pipeline.model.han import build_han
-
-    keras.utils.set_random_seed(0)
-    config = ModelConfig(word_buckets=2, embedding={"dim": 16}, word_units=8, sentence_units=8,
-                         word_attention={"context_dim": 8}, sentence_attention={"context_dim": 8})
-    path = tmp_path / "model.keras"
-    build_han(config, vocab_size=50, num_classes=3).save(path)
-    rng = np.random.default_rng(0)
-    documents = [[rng.integers(2, 50, int(n)).astype(np.int32) for n in rng.integers(1, 12, int(k))]
-                 for k in rng.integers(1, 6, 80)]
+def test_each_size_times_both_ways_on_the_first_documents(small_han):
+    path, documents = small_han
     result = packing.measure(path, documents, [10, 80], rounds=2)
 
     first, second = result["sizes"]
