@@ -783,8 +783,8 @@ def document_outputs(infer, documents: list[list[np.ndarray]], batch_size: int, 
     Each result holds ``probabilities``, ``sentence_weights`` (its sentences only) and ``word_weights``
     (its words only); padding gets exactly 0 weight, so the kept weights still sum to 1. By default the
     sentences of all the documents are packed by length (``pipeline.model.packing``; its own chunk sizes,
-    ``batch_size`` unused; below its ``min_sentences`` it runs the whole model itself). ``packed=False`` (or an ``infer`` that is a plain function
-    of padded batches) runs the whole model on batches of ``batch_size`` documents sorted by size
+    ``batch_size`` unused; below its ``min_sentences`` it runs the whole model itself). ``packed=False`` (or an
+    ``infer`` that is a plain function of padded batches) runs the whole model on batches of ``batch_size`` documents sorted by size
     (sentences x longest sentence), each padded to its own maxima: the same outputs, more padding.
     ``between`` is called before each batch or round of chunks, in this thread (serving checks its request's
     deadline there).
