@@ -96,7 +96,6 @@ def timed(function, counter: dict[str, float], key: str):
 
 def measure(model_path: Path, documents: list[list[np.ndarray]], rows=GRID_ROWS, steps=GRID_STEPS,
             repeats: int = REPEATS, chunks: tuple[int, ...] = ()) -> dict[str, Any]:
-
     from pipeline.model.han import load_han
     from pipeline.model.packing import PackedInference
 

@@ -52,6 +52,11 @@ def packable(model) -> bool:
     return all(name in names for name in LEVEL_LAYERS)
 
 
+def _sentence_lengths(documents: list[list[np.ndarray]]) -> np.ndarray:
+    """Every sentence's length, the documents' sentences one after another (empty ones 0)."""
+    return np.fromiter((len(s) for doc in documents for s in doc), dtype=np.int64)
+
+
 class PackedInference:
     """``model``'s inference in two levels (above); ``outputs(documents)`` runs them.
 
@@ -102,19 +107,21 @@ class PackedInference:
     def packs(self, documents: list[list[np.ndarray]]) -> bool:
         """Whether ``outputs`` packs these documents' sentences (``min_sentences`` real ones or more) or runs the
         whole model on padded batches."""
-        return sum(1 for doc in documents for sentence in doc if len(sentence)) >= self.min_sentences
+        return self._packs(_sentence_lengths(documents))
+
+    def _packs(self, flat_lengths: np.ndarray) -> bool:
+        return int(np.count_nonzero(flat_lengths)) >= self.min_sentences
 
     def outputs(self, documents: list[list[np.ndarray]], between: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """One result per document, in order: ``probabilities``, ``sentence_weights`` (its sentences only) and
         ``word_weights`` (its words only), as ``pipeline.model.han.document_outputs`` describes them; ``between``
         runs in this thread before each round of chunks or batches. Below ``min_sentences`` real sentences, the
         whole model on padded batches (the same outputs, faster there)."""
-        if not self.packs(documents):
+        flat_lengths = _sentence_lengths(documents)
+        if not self._packs(flat_lengths):
             from pipeline.model.han import document_outputs
 
             return document_outputs(self, documents, UNPACKED_BATCH, packed=False, between=between)
-        lengths = [np.fromiter((len(s) for s in doc), dtype=np.int64, count=len(doc)) for doc in documents]
-        flat_lengths = np.concatenate(lengths) if documents else np.zeros(0, np.int64)
         real = np.flatnonzero(flat_lengths > 0)
         order = real[np.argsort(flat_lengths[real], kind="stable")]
 

@@ -72,12 +72,14 @@ def test_quick_benchmark_reports_every_figure_in_the_documented_shape(shared_dat
         assert systems["reference_han"]["limits"] == {"max_sentences": 15, "max_words": 40}
         assert 0 < systems["han"]["flops"]["fraction_of_matmul"] < 1
         assert systems["han"]["infer_docs_per_s_unpacked"] > 0 and 0 <= systems["han"]["packed_word_padding"] < 0.5
+        assert systems["han"]["infer_packed"] is False  # a quick run's few sentences run the whole model, as evaluate would
         assert systems["han"]["word2vec_seconds"] > 0  # configs/bbc.yaml learns word vectors before it trains
         # The HAN read only as far as the reference reads: fewer tokens per document, at least as fast.
         equal = systems["han"]["at_reference_limits"]
         assert 0 < equal["tokens_per_doc"] <= equal["own_tokens_per_doc"] and equal["infer_docs_per_s"] > 0
     table = json_path.with_suffix(".md").read_text()
     assert "| han |" in table and "HAN / reference: training" in table
+    assert "HAN batch inference ran the whole model on padded batches" in table
     assert "HAN reading only what the reference reads (15 sentences x 40 words" in table
     phases = [m["phase"] for m in results["datasets"]["bbc"]["han"]["train_memory_mb"]]
     assert phases[:3] == ["started", "word vectors learned", "model built"] and "HAN training memory" in table
